@@ -1,0 +1,133 @@
+"""Command line: `python -m infinity tokenize IMAGE --preset infinity-vae-d32 --out DIR`.
+
+tokenize: encode an image into K scales of bits, decode the cumulative features F_k after every scale,
+write each as a PNG and print the PSNR of each against the (resized) input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, load_model, load_official_tokenizer
+from .images import fit, open_image, psnr, to_pil, to_tensor
+from .schedules import ASPECT_RATIOS, BUDGETS, Schedule, get_schedule, parse_aspect_ratio
+from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer
+
+OFFICIAL_REPO = "FoundationVision/Infinity"
+
+
+def _download(filename: str) -> Path:
+    """An official weights file from the Hugging Face Hub (cached), or CheckpointError saying why not."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(OFFICIAL_REPO, filename))
+    except Exception as e:  # offline, hub unreachable, file renamed: all end the same way for the user
+        raise CheckpointError(
+            f"could not download {filename} from the Hugging Face repo {OFFICIAL_REPO} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no details'}); download it yourself and pass --weights PATH"
+        ) from None
+
+
+def load_tokenizer(preset: str | None, weights: str | None) -> BitwiseTokenizer:
+    if weights and weights.endswith(".safetensors"):
+        model = load_model(weights)
+        if not isinstance(model, BitwiseTokenizer):
+            raise CheckpointError(f"{weights}: holds a {type(model).__name__}, not a tokenizer")
+        return model
+    if preset is None:
+        raise ValueError("--preset is required with official .pth weights (or pass our .safetensors file)")
+    path = Path(weights) if weights else _download(TOKENIZER_PRESETS[preset].weight_file)
+    return load_official_tokenizer(path, preset)
+
+
+def _schedule(h_div_w: float, budget: str, patch_size: int) -> Schedule:
+    """The official grids of the nearest template, at the tokenizer's own patch size."""
+    official = get_schedule(h_div_w, budget)
+    return Schedule(official.scales, patch_size, official.h_div_w, official.budget)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    return device
+
+
+@torch.no_grad()
+def tokenize(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    img = open_image(args.image)
+    h_div_w = img.height / img.width if args.aspect_ratio == "auto" else parse_aspect_ratio(args.aspect_ratio)
+    tok = load_tokenizer(args.preset, args.weights).to(device)
+    schedule = _schedule(h_div_w, args.budget, tok.config.patch_size)
+    x = to_tensor(fit(img, schedule.pixel_hw)).to(device)
+
+    codes = tok.encode_scales(x, schedule.scales)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    to_pil(x[0]).save(out / "input.png")
+    rows = []
+    print(f"{schedule.num_scales} scales, {schedule.pixel_hw[1]}x{schedule.pixel_hw[0]} px, {tok.bits} bits per token")
+    print(f"{'scale':>5} {'grid':>7} {'PSNR dB':>8}  file")
+    for k, F_k in enumerate(codes.cumulative):
+        recon = tok.decode(F_k)
+        h, w = schedule.scales[k]
+        name = f"scale_{k + 1:02d}_{h}x{w}.png"
+        to_pil(recon[0]).save(out / name)
+        value = psnr(recon, x)[0].item()
+        rows.append({"scale": k + 1, "grid": [h, w], "psnr_db": round(value, 3), "file": name})
+        print(f"{k + 1:>5} {f'{h}x{w}':>7} {value:>8.2f}  {name}")
+    (out / "psnr.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m infinity", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "tokenize",
+        help="encode an image into bit scales and write the reconstruction after every scale",
+        description="Encode IMAGE with a bitwise multi-scale tokenizer; write the decoded cumulative features "
+        "F_k after each scale k as PNGs in --out and print the PSNR of each against the input.",
+    )
+    t.add_argument("image", help="an image file (any format Pillow reads)")
+    t.add_argument("--preset", choices=sorted(TOKENIZER_PRESETS), help="official tokenizer architecture")
+    t.add_argument(
+        "--weights",
+        help="official .pth file for --preset, or one of our .safetensors tokenizer files; "
+        f"default: download the preset's file from {OFFICIAL_REPO}",
+    )
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument(
+        "--aspect-ratio",
+        default="auto",
+        help=f"'auto' (the image's own, nearest template) or width:height, e.g. {', '.join(list(ASPECT_RATIOS)[:6])}",
+    )
+    t.add_argument("--budget", default="0.06M", choices=list(BUDGETS), help="official pixel budget (scales used)")
+    t.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    t.set_defaults(func=tokenize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("INFINITY_LOG_LEVEL", "WARNING"))
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

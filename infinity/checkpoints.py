@@ -1,0 +1,200 @@
+"""Loading and saving weights: official `.pth` files and our own safetensors files.
+
+* Official checkpoints load with `torch.load(weights_only=True)`: tensors only, no code runs while
+  unpickling. Their key names are mapped to ours here and only here.
+* Our models save as one safetensors file whose metadata holds the model kind and its config as JSON,
+  so loading needs nothing but the path.
+* Every failure (missing, truncated, foreign, malicious or mismatched file) raises `CheckpointError`
+  with one message naming the file and the first offending keys.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
+
+FORMAT_VERSION = "1"
+_SHOWN = 5  # how many offending keys a message lists
+
+
+class CheckpointError(RuntimeError):
+    """A weights file that cannot be used, with the reason and the file in the message."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Official key names
+
+# A conv or norm module name, then the official wrapper's `.conv` / `.norm`, then the parameter.
+_WRAPPED = re.compile(r"\.(conv_in|conv_out|conv1|conv2|nin_shortcut|conv|norm1|norm2|norm_out)\.(?:conv|norm)\.(weight|bias)$")
+# BSQ's `mask` buffer (powers of two for integer labels; Infinity only uses bit labels) is stored twice
+# by the official code (the quantizer is registered as `quantizer` and as `quantize`); it carries no weights.
+_DERIVED_TOKENIZER_KEYS = re.compile(r"^quantize(r)?\.lfq\.mask$")
+
+
+def official_tokenizer_key(key: str) -> str | None:
+    """Our key for an official tokenizer key, or None for a derived buffer we do not keep.
+
+    The official code wraps every conv and norm in a module of its own (`conv_in.conv.weight`,
+    `norm1.norm.weight`, `downsample.conv.conv.weight`); ours are plain. Files that store the plain
+    (FLUX-style) names already map to themselves.
+    """
+    if _DERIVED_TOKENIZER_KEYS.match(key):
+        return None
+    return _WRAPPED.sub(r".\1.\2", key)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+
+
+def read_torch_weights(path: str | os.PathLike) -> dict:
+    """The object stored in a `.pth` file, read without executing any pickled code."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects other than tensors and plain containers, which "
+            f"could run code when unpickled; only weights-only checkpoints are loaded ({str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def _tensor_dict(obj: object, path: Path, entries: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: under one of `entries`, or the object itself."""
+    if isinstance(obj, Mapping):
+        for name in entries:
+            if isinstance(obj.get(name), Mapping):
+                obj = obj[name]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path}: no state dict found (expected a mapping of tensors, or one under {list(entries)})"
+        )
+    return dict(obj)
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
+    """Copy `state_dict` into `model`, or fail naming the first missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if keys:
+            more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+            problems.append(f"{len(keys)} {what}: {', '.join(keys[:_SHOWN])}{more}")
+    if problems:
+        raise CheckpointError(f"{path}: does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def map_official(
+    state_dict: Mapping[str, torch.Tensor], key_map: Callable[[str], str | None]
+) -> dict[str, torch.Tensor]:
+    mapped = {}
+    for key, value in state_dict.items():
+        ours = key_map(key)
+        if ours is not None:
+            mapped[ours] = value
+    return mapped
+
+
+def load_official_tokenizer(path: str | os.PathLike, config: TokenizerConfig | str) -> BitwiseTokenizer:
+    """A released tokenizer (`infinity_vae_*.pth`, weights under "vae") in eval mode.
+
+    `config` is a TokenizerConfig or a preset name from TOKENIZER_PRESETS.
+    """
+    if isinstance(config, str):
+        if config not in TOKENIZER_PRESETS:
+            raise CheckpointError(f"unknown tokenizer preset {config!r}; choose one of {', '.join(TOKENIZER_PRESETS)}")
+        config = TOKENIZER_PRESETS[config].config
+    path = Path(path)
+    state_dict = _tensor_dict(read_torch_weights(path), path, entries=("vae", "state_dict"))
+    model = BitwiseTokenizer(config)
+    load_into(model, map_official(state_dict, official_tokenizer_key), path)
+    return model.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our own format: safetensors + config JSON in its metadata
+
+_KINDS: dict[str, tuple[type, type]] = {"tokenizer": (TokenizerConfig, BitwiseTokenizer)}
+
+
+def _kind_of(model: nn.Module) -> str:
+    for kind, (_, model_cls) in _KINDS.items():
+        if isinstance(model, model_cls):
+            return kind
+    raise TypeError(f"cannot save a {type(model).__name__}: not one of {[c.__name__ for _, c in _KINDS.values()]}")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the model's weights and config to one safetensors file (atomically: temporary file + rename)."""
+    path = Path(path)
+    kind = _kind_of(model)
+    metadata = {
+        "format": "infinity",
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": json.dumps(model.config.to_dict()),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """A model saved by `save_model`, rebuilt from the config in the file, in eval mode."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    if metadata.get("format") != "infinity" or metadata.get("kind") not in _KINDS:
+        raise CheckpointError(
+            f"{path}: not an Infinity model file (its metadata has no known 'kind'; "
+            f"official .pth checkpoints load with load_official_tokenizer)"
+        )
+    config_cls, model_cls = _KINDS[metadata["kind"]]
+    try:
+        config = config_cls.from_dict(json.loads(metadata["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid {metadata['kind']} config in the file: {e}") from None
+    model = model_cls(config)
+    load_into(model, state_dict, path)
+    return model.to(device).eval()

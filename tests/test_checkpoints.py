@@ -1,0 +1,151 @@
+"""Loading official .pth files and our safetensors files; every bad file fails with one clear message."""
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from infinity.checkpoints import (
+    CheckpointError,
+    load_model,
+    load_official_tokenizer,
+    official_tokenizer_key,
+    read_torch_weights,
+    save_model,
+)
+from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
+from reference_cases import discover, tokenizer_config
+
+CASE = discover("tokenizer")[0]
+CONFIG = tokenizer_config(CASE.meta)
+TINY = TokenizerConfig(bits=8, base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1, patch_size=2)
+
+
+@pytest.fixture
+def official_pth(tmp_path):
+    """The fixture's weights saved the way the official files are: {"vae": state_dict} with wrapped names."""
+    path = tmp_path / "infinity_vae_tiny.pth"
+    torch.save({"vae": CASE.weights("vae.")}, path)
+    return path
+
+
+def test_official_file_loads_with_mapped_keys(official_pth):
+    tok = load_official_tokenizer(official_pth, CONFIG)
+    ref = CASE.weights("vae.")
+    assert torch.equal(tok.encoder.conv_in.weight, ref["encoder.conv_in.conv.weight"])
+    assert torch.equal(tok.decoder.up[4].upsample.conv.bias, ref["decoder.up.4.upsample.conv.conv.bias"])
+    assert not tok.training and not any(p.requires_grad for p in tok.parameters())
+
+
+def test_official_file_with_plain_conv_names_loads(tmp_path):
+    plain = {official_tokenizer_key(k): v for k, v in CASE.weights("vae.").items() if official_tokenizer_key(k)}
+    path = tmp_path / "plain.pth"
+    torch.save({"vae": plain}, path)
+    load_official_tokenizer(path, CONFIG)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file") as e:
+        load_official_tokenizer(tmp_path / "nope.pth", CONFIG)
+    assert "nope.pth" in str(e.value)
+
+
+def test_truncated_file(official_pth):
+    data = official_pth.read_bytes()
+    official_pth.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        load_official_tokenizer(official_pth, CONFIG)
+    assert str(official_pth) in str(e.value)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        read_torch_weights(tmp_path / "empty.pth")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_pickle",))
+
+
+def test_malicious_pickle_is_refused_without_running_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    torch.save({"vae": {"encoder.conv_in.conv.weight": torch.zeros(1)}, "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused") as e:
+        load_official_tokenizer(path, CONFIG)
+    assert "evil.pth" in str(e.value)
+    assert not (tmp_path / "pwned_by_pickle").exists()
+    with open(tmp_path / "evil.pkl", "wb") as f:  # a plain (non-zip) pickle too
+        pickle.dump(_RunsCode(), f)
+    with pytest.raises(CheckpointError):
+        read_torch_weights(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned_by_pickle").exists()
+
+
+def test_wrong_keys_are_named(official_pth):
+    sd = CASE.weights("vae.")
+    sd["encoder.extra.weight"] = torch.zeros(1)
+    del sd["decoder.conv_out.conv.bias"]
+    torch.save({"vae": sd}, official_pth)
+    with pytest.raises(CheckpointError) as e:
+        load_official_tokenizer(official_pth, CONFIG)
+    msg = str(e.value)
+    assert "missing keys: decoder.conv_out.bias" in msg and "unexpected keys: encoder.extra.weight" in msg
+
+
+def test_wrong_architecture_names_first_shape_mismatches(official_pth):
+    other = TokenizerConfig(**{**CONFIG.to_dict(), "bits": 32})
+    with pytest.raises(CheckpointError, match=r"3 shape mismatches: .*encoder.conv_out.weight: file \(16, 64, 3, 3\) vs model \(32, 64, 3, 3\)"):
+        load_official_tokenizer(official_pth, other)
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="no state dict"):
+        load_official_tokenizer(path, CONFIG)
+
+
+def test_unknown_preset(official_pth):
+    with pytest.raises(CheckpointError, match="unknown tokenizer preset"):
+        load_official_tokenizer(official_pth, "infinity-vae-d99")
+
+
+def test_safetensors_round_trip_carries_the_config(tmp_path):
+    torch.manual_seed(0)
+    tok = BitwiseTokenizer(TINY)
+    path = save_model(tok, tmp_path / "tok.safetensors")
+    assert not (tmp_path / "tok.safetensors.tmp").exists()
+    loaded = load_model(path)
+    assert isinstance(loaded, BitwiseTokenizer) and loaded.config == TINY
+    for (k, a), (_, b) in zip(tok.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_safetensors_errors(tmp_path):
+    path = save_model(BitwiseTokenizer(TINY), tmp_path / "tok.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(path)
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not an Infinity model file"):
+        load_model(foreign)
+
+    bad_config = tmp_path / "bad_config.safetensors"
+    save_file({"w": torch.zeros(2)}, bad_config, metadata={"format": "infinity", "kind": "tokenizer", "config": "{}x"})
+    with pytest.raises(CheckpointError, match="invalid tokenizer config"):
+        load_model(bad_config)
+
+    mismatched = tmp_path / "mismatched.safetensors"
+    sd = BitwiseTokenizer(TINY).state_dict()
+    save_file({k: v for k, v in sd.items() if "decoder" not in k}, mismatched,
+              metadata={"format": "infinity", "kind": "tokenizer", "config": '{"bits": 8, "base_channels": 32, '
+                        '"channel_multipliers": [1, 2], "num_res_blocks": 1, "patch_size": 2}'})
+    with pytest.raises(CheckpointError, match="missing keys: decoder.conv_in.weight"):
+        load_model(mismatched)
