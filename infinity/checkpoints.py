@@ -14,7 +14,8 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
+from .transformer import TRANSFORMER_PRESETS, Infinity, TransformerConfig
 
 FORMAT_VERSION = "1"
 _SHOWN = 5  # how many offending keys a message lists
@@ -52,6 +54,50 @@ def official_tokenizer_key(key: str) -> str | None:
     if _DERIVED_TOKENIZER_KEYS.match(key):
         return None
     return _WRAPPED.sub(r".\1.\2", key)
+
+
+# Transformer: our modules keep the official names except for four renames:
+#   block_chunks.{i}.module.{j}.*  ->  blocks.{i * blocks_per_chunk + j}.*   (the official code groups blocks
+#                                                                           in chunks for FSDP; ours are flat)
+#   text_proj_for_sos.ca.*         ->  text_pool.*
+#   text_proj_for_ca.*             ->  text_proj.*
+#   head_nm.*                      ->  head_norm.*
+# The all-zero `zero_k_bias` buffers (our k projections have no bias) and the official model's derived
+# mask/length buffers have no counterpart.
+_PREFIX_RENAMES = (
+    ("text_proj_for_sos.ca.", "text_pool."),
+    ("text_proj_for_ca.", "text_proj."),
+    ("head_nm.", "head_norm."),
+)
+_DERIVED_BUFFERS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"}
+_CHUNKED_BLOCK = re.compile(r"^block_chunks\.(\d+)\.module\.(\d+)\.(.+)$")
+_FLAT_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")  # official models built with block_chunks=1
+
+
+def official_blocks_per_chunk(official_keys: Iterable[str]) -> int:
+    """Blocks per chunk of an official state dict (1 when its blocks are not chunked)."""
+    in_chunk = [int(m.group(2)) for m in map(_CHUNKED_BLOCK.match, official_keys) if m]
+    return max(in_chunk) + 1 if in_chunk else 1
+
+
+def official_transformer_key(key: str, blocks_per_chunk: int) -> str | None:
+    """Our name for an official state-dict key, or None for an official buffer we do not keep."""
+    if key in _DERIVED_BUFFERS or key.endswith("zero_k_bias"):
+        return None
+    if m := _CHUNKED_BLOCK.match(key):
+        return f"blocks.{int(m.group(1)) * blocks_per_chunk + int(m.group(2))}.{m.group(3)}"
+    if _FLAT_BLOCK.match(key):
+        return key
+    for old, new in _PREFIX_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def official_transformer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official Infinity state dict with our names (derived buffers dropped)."""
+    key_map = partial(official_transformer_key, blocks_per_chunk=official_blocks_per_chunk(state_dict))
+    return map_official(state_dict, key_map)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,10 +190,35 @@ def load_official_tokenizer(path: str | os.PathLike, config: TokenizerConfig | s
     return model.eval().requires_grad_(False)
 
 
+def load_official_transformer(path: str | os.PathLike, config: TransformerConfig | str) -> Infinity:
+    """A released transformer (`infinity_2b_reg.pth`: a plain state dict; a full training checkpoint keeps
+    it under trainer/gpt_fsdp).
+
+    `config` is a TransformerConfig or a preset name from TRANSFORMER_PRESETS.
+    """
+    if isinstance(config, str):
+        if config not in TRANSFORMER_PRESETS:
+            raise CheckpointError(
+                f"unknown transformer preset {config!r}; choose one of {', '.join(TRANSFORMER_PRESETS)}"
+            )
+        config = TRANSFORMER_PRESETS[config]
+    path = Path(path)
+    obj = read_torch_weights(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
+        obj = obj["trainer"]
+    state_dict = _tensor_dict(obj, path, entries=("gpt_fsdp",))
+    model = Infinity(config)
+    load_into(model, official_transformer_state_dict(state_dict), path)
+    return model.eval().requires_grad_(False)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Our own format: safetensors + config JSON in its metadata
 
-_KINDS: dict[str, tuple[type, type]] = {"tokenizer": (TokenizerConfig, BitwiseTokenizer)}
+_KINDS: dict[str, tuple[type, type]] = {
+    "tokenizer": (TokenizerConfig, BitwiseTokenizer),
+    "transformer": (TransformerConfig, Infinity),
+}
 
 
 def _kind_of(model: nn.Module) -> str:

@@ -149,3 +149,34 @@ def test_safetensors_errors(tmp_path):
                         '"channel_multipliers": [1, 2], "num_res_blocks": 1, "patch_size": 2}'})
     with pytest.raises(CheckpointError, match="missing keys: decoder.conv_in.weight"):
         load_model(mismatched)
+
+
+def _transformer_case():
+    from test_transformer_parity import TRANSFORMER_CASES, transformer_config
+
+    case = TRANSFORMER_CASES[0]
+    return case, transformer_config(case.meta)
+
+
+def test_official_transformer_file_loads(tmp_path):
+    from infinity.checkpoints import load_official_transformer
+
+    case, config = _transformer_case()
+    path = tmp_path / "infinity_tiny.pth"
+    torch.save(case.weights("model."), path)  # released files are a plain state dict
+    model = load_official_transformer(path, config)
+    assert torch.equal(model.blocks[1].ffn.fc2.bias, case.weights("model.")["block_chunks.1.module.0.ffn.fc2.bias"])
+    torch.save({"trainer": {"gpt_fsdp": case.weights("model.")}}, path)  # a full training checkpoint
+    load_official_transformer(path, config)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_official_transformer(path, "infinity-2b")
+
+
+def test_transformer_safetensors_round_trip(tmp_path):
+    from infinity.transformer import Infinity
+
+    _, config = _transformer_case()
+    model = Infinity(config)
+    loaded = load_model(save_model(model, tmp_path / "t.safetensors"))
+    assert isinstance(loaded, Infinity) and loaded.config == config
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -1,0 +1,83 @@
+"""Transformer configuration and the presets of the released Infinity models.
+
+Architecture choices that are not options (every released model uses them, the paper describes them):
+cosine self-attention with a learned per-head scale, 2-D RoPE normalised to the largest grid of the
+aspect ratio, one AdaLN shared by all blocks (plus a per-block learned offset), level embedding added
+once before the first block, the bitwise head of the Infinite-Vocabulary Classifier (2 logits per bit).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    depth: int = 32  # number of blocks
+    width: int = 2048  # C: model width (the official `embed_dim`); also the width of the condition cond_BD
+    num_heads: int = 16  # self- and cross-attention heads
+    bits: int = 32  # d: bits per token the head predicts (tokenizer bits; x4 for a spatially patchified tokenizer)
+    text_channels: int = 2048  # width of the text encoder's features (Flan-T5-XL: 2048)
+    text_maxlen: int = 512  # rows of the learned unconditional text `cfg_uncond` (longest prompt in tokens)
+    mlp_ratio: float = 4.0  # FFN hidden width = round(width * mlp_ratio / 256) * 256
+    max_scales: int = 15  # rows of the level embedding (one per scale index)
+    drop_path_rate: float = 0.1  # stochastic depth of the last block in training (linear from 0 at block 0)
+
+    def __post_init__(self) -> None:
+        if min(self.depth, self.width, self.num_heads, self.bits, self.text_channels, self.text_maxlen) < 1:
+            raise ValueError(f"sizes must be positive: {self}")
+        if self.width % self.num_heads or self.head_dim % 4:
+            raise ValueError(
+                f"width / num_heads must be a multiple of 4 (2-D RoPE rotates pairs, half of them per axis), "
+                f"got width {self.width} and {self.num_heads} heads"
+            )
+        if self.text_pool_heads < 1 or self.width % self.text_pool_heads:
+            raise ValueError(
+                f"the SOS attention pool uses text_channels // {self._text_pool_head_size} heads, which must be >= 1 "
+                f"and divide the width; got text_channels {self.text_channels}, width {self.width}"
+            )
+        if self.ffn_hidden < 1:
+            raise ValueError(f"FFN hidden width rounds to 0 (width {self.width}, mlp_ratio {self.mlp_ratio})")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        return round(self.width * self.mlp_ratio / 256) * 256
+
+    @property
+    def vocab(self) -> int:
+        """V: logits per token, two per bit (score of 0, score of 1)."""
+        return 2 * self.bits
+
+    @property
+    def _text_pool_head_size(self) -> int:
+        # The official attention pool picks its head count from the text width with this rule.
+        return 128 if self.width <= 4096 else 64
+
+    @property
+    def text_pool_heads(self) -> int:
+        return self.text_channels // self._text_pool_head_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TransformerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown transformer config fields: {unknown}")
+        return cls(**d)
+
+
+# The released models (tools/run_infinity.py + scripts/infer.sh of the official repository).
+TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
+    "infinity-2b": TransformerConfig(depth=32, width=2048, num_heads=16, bits=32, text_channels=2048),
+    # The 8B model's tokenizer has 14 bits per latent cell and is applied with a 2x2 spatial patchify,
+    # so each transformer token carries 4 * 14 = 56 bits.
+    "infinity-8b": TransformerConfig(depth=40, width=3584, num_heads=28, bits=56, text_channels=2048),
+}
