@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from ..configs import JsonConfig
 
 QUANTIZERS = ("bsq", "lfq")
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(JsonConfig):
     bits: int = 32  # d: bits per token = latent channels (each channel is one bit)
     base_channels: int = 128  # width of the first encoder level
     channel_multipliers: tuple[int, ...] = (1, 2, 4, 4, 4)  # width of each level, in base_channels
@@ -38,18 +40,6 @@ class TokenizerConfig:
     def num_downsamples(self) -> int:
         return int(math.log2(self.patch_size))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_multipliers"] = list(self.channel_multipliers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TokenizerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown tokenizer config fields: {unknown}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ once before the first block, the bitwise head of the Infinite-Vocabulary Classif
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from ..configs import JsonConfig
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(JsonConfig):
     depth: int = 32  # number of blocks
     width: int = 2048  # C: model width (the official `embed_dim`); also the width of the condition cond_BD
     num_heads: int = 16  # self- and cross-attention heads
@@ -62,16 +64,6 @@ class TransformerConfig:
     def text_pool_heads(self) -> int:
         return self.text_channels // self._text_pool_head_size
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TransformerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown transformer config fields: {unknown}")
-        return cls(**d)
 
 
 # The released models (tools/run_infinity.py + scripts/infer.sh of the official repository).
