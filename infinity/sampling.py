@@ -1,0 +1,247 @@
+"""Next-scale sampling: the autoregressive loop over scales, as a generator of one event per scale.
+
+Legend: B batch, d bits per token, h/w one scale's grid, l = h*w tokens of one scale, V = 2d logits per token,
+H/W the full latent grid, K scales, T text tokens, E text channels.
+
+Per scale k (paper Sec. 3.1 and Algorithm 2 of the official inference):
+  1. logits (2B, l, V) from the transformer, the batch doubled as [prompts; unconditional text] when any scale
+     uses classifier-free guidance (the unconditional half is the learned empty prompt, or a negative prompt);
+  2. both halves divided by tau, then combined as cfg * cond + (1 - cfg) * uncond;
+  3. every bit sampled from its 2 logits after top-k / top-p filtering (or taken from `prefix_bits`);
+  4. optionally a fraction of the bits flipped (an `Intervention`, to see how later scales react);
+  5. codes (2b - 1)/sqrt(d) upsampled bilinearly to the full grid and added to F (the last scale as is);
+     scale k+1's input is F resized bilinearly to its grid.
+The app, the CLI and the tests all consume the same `ScaleEvent` stream.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .schedules import Schedule
+from .tokenizer import BitwiseTokenizer
+from .tokenizer.quantizer import bilinear_resize
+from .transformer import Infinity
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Flip `fraction` of the bits of scale `scale_index` after sampling it, positions drawn with `seed`."""
+
+    scale_index: int
+    fraction: float
+    seed: int = 0
+
+
+@dataclass
+class ScaleEvent:
+    """What the sampler produced at one scale."""
+
+    scale_index: int
+    num_scales: int
+    bits_Bhwd: torch.Tensor  # uint8 {0,1}: the bits that entered F (sampled, from the prefix, or flipped)
+    probs_Bhwd: torch.Tensor  # p(bit = 1) after CFG and tau, before top-k/top-p: the model's uncertainty
+    logits_BlV: torch.Tensor  # the CFG-combined, tau-scaled logits the bits were drawn from
+    F_BdHW: torch.Tensor  # running sum of the codes of scales 0..k at the full latent grid
+    preview_B3HW: torch.Tensor | None = None  # decode of F_k in [-1, 1], when previews were asked for
+    image_B3HW: torch.Tensor | None = None  # decode of F_K in [-1, 1], on the last event only
+
+    @property
+    def is_last(self) -> bool:
+        return self.scale_index == self.num_scales - 1
+
+
+def filter_logits(logits_NV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Logits over the last dim with the excluded values set to -inf (a new tensor).
+
+    top_k > 0 keeps the k largest (clamped to V, so 900 is a no-op over the 2 values of one bit). top_p > 0
+    removes the least likely values whose cumulative probability is <= 1 - top_p, never the most likely one
+    (for one bit: the less likely value goes when its probability is <= 1 - top_p).
+    """
+    out = logits_NV.clone()
+    V = out.shape[-1]
+    if top_k > 0:
+        kth = out.topk(min(top_k, V), dim=-1).values.amin(dim=-1, keepdim=True)
+        out.masked_fill_(out < kth, -torch.inf)
+    if top_p > 0:
+        sorted_NV, order_NV = out.sort(dim=-1, descending=False)
+        remove_NV = sorted_NV.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        remove_NV[..., -1:] = False
+        out.masked_fill_(remove_NV.scatter(-1, order_NV, remove_NV), -torch.inf)
+    return out
+
+
+def sample_bits(
+    logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw every bit from its pair of logits (bit j: [..., 2j] scores 0, [..., 2j+1] scores 1) -> (B, l, d) uint8."""
+    B, l, V = logits_BlV.shape
+    probs_N2 = filter_logits(logits_BlV.float().reshape(-1, 2), top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs_N2, 1, generator=generator).view(B, l, V // 2).to(torch.uint8)
+
+
+def flip_fraction(bits_Bhwd: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """The bits with exactly round(fraction * numel) of them, chosen uniformly with `seed`, inverted."""
+    n = round(fraction * bits_Bhwd.numel())
+    g = torch.Generator().manual_seed(seed)  # on the CPU so the same seed flips the same bits on any device
+    chosen = torch.randperm(bits_Bhwd.numel(), generator=g)[:n].to(bits_Bhwd.device)
+    flat = bits_Bhwd.flatten().clone()
+    flat[chosen] = 1 - flat[chosen]
+    return flat.view_as(bits_Bhwd)
+
+
+def _per_scale(name: str, value: float | Sequence[float], K: int) -> list[float]:
+    values = [float(value)] * K if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != K:
+        raise ValueError(f"{name} needs one value per scale ({K}), got {len(values)}")
+    return values
+
+
+def _pad_tokens(text_BTE: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.nn.functional.pad(text_BTE, (0, 0, 0, T - text_BTE.shape[1]))
+
+
+def _check_text(name: str, text_BTE: torch.Tensor, lens_B: torch.Tensor, E: int) -> None:
+    if text_BTE.ndim != 3 or text_BTE.shape[2] != E:
+        raise ValueError(f"{name} must be (B, T, {E}), got {tuple(text_BTE.shape)}")
+    if lens_B.shape != (text_BTE.shape[0],):
+        raise ValueError(f"{name} lengths must be ({text_BTE.shape[0]},), got {tuple(lens_B.shape)}")
+
+
+def _check_inputs(
+    model: Infinity,
+    tokenizer: BitwiseTokenizer,
+    text_BTE: torch.Tensor,
+    text_lens_B: torch.Tensor,
+    schedule: Schedule,
+    tau_K: list[float],
+    top_k: int,
+    top_p: float,
+    prefix_bits: list[torch.Tensor],
+    intervention: Intervention | None,
+) -> None:
+    K, d = schedule.num_scales, model.config.bits
+    if tokenizer.bits != d:
+        raise ValueError(f"the tokenizer has {tokenizer.bits} bits per token but the transformer predicts {d}")
+    _check_text("text", text_BTE, text_lens_B, model.config.text_channels)
+    if any(t <= 0 for t in tau_K):
+        raise ValueError(f"tau must be > 0 at every scale, got {tau_K}")
+    if top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"need top_k >= 0 and 0 <= top_p <= 1, got top_k={top_k}, top_p={top_p}")
+    if len(prefix_bits) > K:
+        raise ValueError(f"prefix_bits holds {len(prefix_bits)} scales but the schedule has only {K}")
+    B = text_BTE.shape[0]
+    for k, bits in enumerate(prefix_bits):
+        need = (B, *schedule.scales[k], d)
+        if tuple(bits.shape) != need:
+            raise ValueError(f"prefix_bits[{k}] must be (B, h, w, d) = {need}, got {tuple(bits.shape)}")
+        if bits.numel() and int(bits.max()) > 1:
+            raise ValueError(f"prefix_bits[{k}] must hold only 0 and 1")
+    if intervention is not None:
+        if not 0 <= intervention.scale_index < K:
+            raise ValueError(f"intervention.scale_index must be in [0, {K}), got {intervention.scale_index}")
+        if not 0.0 <= intervention.fraction <= 1.0:
+            raise ValueError(f"intervention.fraction must be in [0, 1], got {intervention.fraction}")
+
+
+@torch.no_grad()
+def sample_scales(
+    model: Infinity,
+    tokenizer: BitwiseTokenizer,
+    text_BTE: torch.Tensor,
+    text_lens_B: torch.Tensor,
+    schedule: Schedule,
+    *,
+    cfg: float = 3.0,
+    cfg_schedule: Sequence[float] | None = None,
+    tau: float | Sequence[float] = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+    negative_text_BTE: torch.Tensor | None = None,
+    negative_lens_B: torch.Tensor | None = None,
+    prefix_bits: Sequence[torch.Tensor] | None = None,
+    intervention: Intervention | None = None,
+    preview: bool = False,
+) -> Iterator[ScaleEvent]:
+    """Sample the bits of every scale of `schedule`, yielding a `ScaleEvent` after each.
+
+    text_BTE / text_lens_B: padded prompt features and lengths (see `Infinity.encode_text`).
+    cfg: guidance weight of every scale, or `cfg_schedule` with one per scale; 1 disables guidance.
+    tau: temperature (> 0), one value or one per scale; divides the logits of both CFG halves.
+    top_k / top_p: per-bit filtering (0 disables each). generator: the only randomness of the bits.
+    negative_text_BTE / negative_lens_B: replaces the learned unconditional text in the CFG half.
+    prefix_bits: the bits (B, h_k, w_k, d) of the first scales, used instead of sampled ones. The bits are
+        still drawn (and discarded) there, so the later scales see the same random stream as a run without it.
+    intervention: flip a fraction of one scale's bits before they enter F.
+    preview: decode F_k into an image at every scale (the last event always carries the image).
+    """
+    K = schedule.num_scales
+    cfg_K = _per_scale("cfg_schedule", cfg if cfg_schedule is None else cfg_schedule, K)
+    tau_K = _per_scale("tau", tau, K)
+    prefix_bits = list(prefix_bits or [])
+    _check_inputs(model, tokenizer, text_BTE, text_lens_B, schedule, tau_K, top_k, top_p, prefix_bits, intervention)
+    B, d, full = text_BTE.shape[0], model.config.bits, schedule.latent_hw
+    dtype = model.pos_start.dtype
+
+    if negative_text_BTE is not None:
+        if negative_lens_B is None:
+            raise ValueError("negative_text_BTE needs negative_lens_B")
+        _check_text("negative_text", negative_text_BTE, negative_lens_B, model.config.text_channels)
+        if negative_text_BTE.shape[0] != B:
+            raise ValueError(f"need {B} negative prompts (one per prompt), got {negative_text_BTE.shape[0]}")
+
+    # 1. Text: guidance doubles the batch as [prompts; unconditional] once for all scales (as released).
+    guided = any(c != 1 for c in cfg_K)
+    if guided and negative_text_BTE is not None:
+        T = max(text_BTE.shape[1], negative_text_BTE.shape[1])
+        text_BTE = torch.cat([_pad_tokens(text_BTE, T), _pad_tokens(negative_text_BTE, T)])
+        lens_B = torch.cat([text_lens_B, negative_lens_B])
+    elif guided:
+        text_BTE = torch.cat([text_BTE, model.null_text(text_lens_B, text_BTE.shape[1])])
+        lens_B = torch.cat([text_lens_B, text_lens_B])
+    else:
+        lens_B = text_lens_B
+    text = model.encode_text(text_BTE.to(dtype), lens_B)
+    cache = model.new_cache(text_BTE.shape[0], schedule)
+
+    # 2. Scales, coarse to fine.
+    F_BdHW = torch.zeros(B, d, *full, device=text_BTE.device)
+    x_Bld = None
+    for k, (h, w) in enumerate(schedule.scales):
+        raw_BlV = model.step(k, x_Bld, text, cache, schedule).float() / tau_K[k]
+        if cfg_K[k] != 1:
+            logits_BlV = cfg_K[k] * raw_BlV[:B] + (1 - cfg_K[k]) * raw_BlV[B:]
+        else:
+            logits_BlV = raw_BlV[:B]
+        probs_Bhwd = logits_BlV.view(B, h, w, d, 2).softmax(dim=-1)[..., 1]
+        bits_Bhwd = sample_bits(logits_BlV, top_k, top_p, generator).view(B, h, w, d)
+        if k < len(prefix_bits):
+            bits_Bhwd = prefix_bits[k].to(device=bits_Bhwd.device, dtype=torch.uint8)
+        if intervention is not None and intervention.scale_index == k:
+            bits_Bhwd = flip_fraction(bits_Bhwd, intervention.fraction, intervention.seed)
+            logger.info("scale %d: flipped %.1f%% of the bits", k, 100 * intervention.fraction)
+
+        # bilinear_resize is the identity at the full grid, so the last scale is added without interpolation.
+        F_BdHW = F_BdHW + bilinear_resize(tokenizer.bits_to_codes(bits_Bhwd).to(F_BdHW.device), full)
+        if k + 1 < K:
+            x_Bld = tokenizer.next_scale_input(F_BdHW, schedule.scales[k + 1]).to(dtype)
+            x_Bld = x_Bld.repeat(text_BTE.shape[0] // B, 1, 1)  # the same image input for both CFG halves
+        last = k + 1 == K
+        image = tokenizer.decode(F_BdHW) if (preview or last) else None
+        yield ScaleEvent(
+            k, K, bits_Bhwd, probs_Bhwd, logits_BlV, F_BdHW,
+            preview_B3HW=image if preview else None, image_B3HW=image if last else None,
+        )
+
+
+def sample_image(*args, **kwargs) -> ScaleEvent:
+    """Run `sample_scales` to the end and return the last event (its `image_B3HW` is the result)."""
+    for event in sample_scales(*args, **kwargs):
+        pass
+    return event
