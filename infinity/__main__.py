@@ -1,5 +1,7 @@
-"""Command line: `python -m infinity tokenize IMAGE --preset infinity-vae-d32 --out DIR`.
+"""Command line: `python -m infinity generate --prompt "..." --out x.png`, `python -m infinity tokenize IMAGE ...`.
 
+generate: a text-to-image run of a pipeline (the embedded model, a released one, or a model folder), optionally
+writing the decoded F_k of every scale.
 tokenize: encode an image into K scales of bits, decode the cumulative features F_k after every scale,
 write each as a PNG and print the PSNR of each against the (resized) input.
 """
@@ -10,16 +12,19 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .checkpoints import CheckpointError, load_model, load_official_tokenizer
 from .images import fit, open_image, psnr, to_pil, to_tensor
+from .pipeline import OFFICIAL_MODELS, OFFICIAL_REPO, WEIGHTS_DIR_ENV, InfinityPipeline, check_inputs
 from .schedules import ASPECT_RATIOS, BUDGETS, Schedule, get_schedule, parse_aspect_ratio
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer
 
-OFFICIAL_REPO = "FoundationVision/Infinity"
+logger = logging.getLogger(__name__)
 
 
 def _download(filename: str) -> Path:
@@ -91,9 +96,58 @@ def tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {out}: unknown image format {out.suffix!r}; use .png or .jpg")
+    check_inputs(args.prompt, args.negative_prompt, args.cfg, args.tau, args.top_k, args.top_p, args.seed)
+    pipe = InfinityPipeline.from_pretrained(args.model, device=args.device)
+    scales_dir = Path(args.save_scales) if args.save_scales else None
+    if scales_dir:
+        scales_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    events = pipe.stream(
+        args.prompt, args.negative_prompt, args.aspect_ratio, args.cfg, args.tau, args.top_k, args.top_p, args.seed,
+        preview=scales_dir is not None,
+    )
+    for event in events:
+        if scales_dir:
+            to_pil(event.preview_B3HW[0]).save(scales_dir / f"scale_{event.scale_index + 1:02d}.png")
+    image = to_pil(event.image_B3HW[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    seconds = time.perf_counter() - start
+    print(f"{out}: {image.width}x{image.height}, {event.num_scales} scales, seed {args.seed}, "
+          f"{seconds:.1f} s on {pipe.device_name} ({pipe.name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infinity", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser(
+        "generate",
+        help="generate an image from a prompt",
+        description="Generate one image from --prompt with a pipeline and write it to --out. Sampling options left "
+        "out take the model's defaults.",
+    )
+    g.add_argument("--prompt", required=True, help="what to draw")
+    g.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
+    g.add_argument(
+        "--model",
+        help=f"{' or '.join(OFFICIAL_MODELS)} (weights from ${WEIGHTS_DIR_ENV}, the Hugging Face cache or "
+        f"{OFFICIAL_REPO}), or a model folder; default: the embedded model",
+    )
+    g.add_argument("--negative-prompt", default="", help="what to steer away from (default: the learned empty prompt)")
+    g.add_argument("--aspect-ratio", default="1:1", help="width:height, one of the model's (e.g. 1:1, 3:2, 2:3)")
+    g.add_argument("--cfg", type=float, help="classifier-free guidance weight (1 disables guidance)")
+    g.add_argument("--tau", type=float, help="sampling temperature (> 0)")
+    g.add_argument("--top-k", type=int, help="per-bit top-k (0 disables it)")
+    g.add_argument("--top-p", type=float, help="per-bit top-p in [0, 1] (0 disables it)")
+    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image")
+    g.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    g.add_argument("--save-scales", metavar="DIR", help="also write the decoded F_k of every scale as scale_KK.png")
+    g.set_defaults(func=generate)
     t = sub.add_parser(
         "tokenize",
         help="encode an image into bit scales and write the reconstruction after every scale",
@@ -124,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ValueError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
+        # Bad input, missing files, a model that will not load (CheckpointError is a RuntimeError): one line;
+        # the traceback at INFINITY_LOG_LEVEL=DEBUG.
+        logger.debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
 

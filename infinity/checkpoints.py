@@ -1,7 +1,10 @@
 """Loading and saving weights: official `.pth` files and our own safetensors files.
 
 * Official checkpoints load with `torch.load(weights_only=True)`: tensors only, no code runs while
-  unpickling. Their key names are mapped to ours here and only here.
+  unpickling. Their key names are mapped to ours here and only here. Infinity-8B is released sharded: a
+  directory with an `*.index.json` naming the shard (`.bin` or `.safetensors`) of every key.
+* Models are built on the meta device and receive the file's tensors themselves (`assign=True`), memory-mapped
+  where the format allows, so loading never holds a second full copy of the weights.
 * Our models save as one safetensors file whose metadata holds the model kind and its config as JSON,
   so loading needs nothing but the path.
 * Every failure (missing, truncated, foreign, malicious or mismatched file) raises `CheckpointError`
@@ -104,6 +107,12 @@ def official_transformer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> d
 # Reading files
 
 
+def _first(keys: list[str], what: str = "keys") -> str:
+    """A listing like '3 missing keys: a, b, c', naming at most _SHOWN of them."""
+    more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return f"{len(keys)} {what}: {', '.join(keys[:_SHOWN])}{more}"
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -142,8 +151,71 @@ def _tensor_dict(obj: object, path: Path, entries: tuple[str, ...]) -> dict[str,
     return dict(obj)
 
 
+def _read_shard(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        _check_file(path)
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    return _tensor_dict(read_torch_weights(path), path, entries=())
+
+
+def _index_file(path: Path) -> Path:
+    """The index of a sharded checkpoint given as its directory or as the index itself."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such file or directory")
+    indexes = sorted(path.glob("*.index.json"))
+    # Both formats side by side (as Hugging Face repositories sometimes hold): take safetensors, which maps lazily.
+    preferred = [i for i in indexes if i.name.endswith(".safetensors.index.json")] or indexes
+    if not preferred:
+        raise CheckpointError(f"{path}: a directory without an *.index.json (expected a sharded checkpoint)")
+    return preferred[0]
+
+
+def read_sharded_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a sharded checkpoint (the Hugging Face layout the official 8B model uses).
+
+    `path` is the directory or its index file: JSON with a "weight_map" from every key to its shard's file name
+    (next to the index). Shards are `.safetensors` or weights-only torch pickles (`.bin`, `.pth`).
+    """
+    index = _index_file(Path(path))
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a shard index (JSON with a 'weight_map'): {e!r}") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: 'weight_map' must map every key to a shard file name")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:  # before reading gigabytes
+        if not (index.parent / shard).exists():
+            raise CheckpointError(f"{index}: names the shard {shard}, which is not in {index.parent}")
+    state_dict: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        shard_path = index.parent / shard
+        tensors = _read_shard(shard_path)
+        absent = [k for k, v in weight_map.items() if v == shard and k not in tensors]
+        if absent:
+            raise CheckpointError(f"{shard_path}: lacks {_first(absent)} that {index.name} puts there")
+        state_dict.update(tensors)
+    return state_dict
+
+
+def empty_model(model_cls: type[nn.Module], config: object, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A model with the right parameter names, shapes and dtype but no storage yet (on the meta device)."""
+    with torch.device("meta"):
+        return model_cls(config).to(dtype)
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
-    """Copy `state_dict` into `model`, or fail naming the first missing, unexpected and mis-shaped keys."""
+    """Load `state_dict` into `model`, or fail naming the first missing, unexpected and mis-shaped keys.
+
+    A model on the meta device (`empty_model`) takes the tensors themselves, converted to its dtype where they
+    differ; a materialised model has them copied into its own parameters.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -152,14 +224,19 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: st
         for k, v in state_dict.items()
         if k in own and v.shape != own[k].shape
     ]
-    problems = []
-    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if keys:
-            more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
-            problems.append(f"{len(keys)} {what}: {', '.join(keys[:_SHOWN])}{more}")
+    problems = [
+        _first(keys, what)
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if keys
+    ]
     if problems:
         raise CheckpointError(f"{path}: does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+    on_meta = any(t.is_meta for t in own.values())
+    if on_meta:
+        state_dict = {k: v.to(own[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=on_meta)
+    if on_meta and any(t.is_meta for t in model.buffers()):  # a non-persistent buffer: not in any file
+        raise TypeError(f"{type(model).__name__} has buffers outside its state dict; build it with real storage")
     return model
 
 
@@ -185,16 +262,19 @@ def load_official_tokenizer(path: str | os.PathLike, config: TokenizerConfig | s
         config = TOKENIZER_PRESETS[config].config
     path = Path(path)
     state_dict = _tensor_dict(read_torch_weights(path), path, entries=("vae", "state_dict"))
-    model = BitwiseTokenizer(config)
+    model = empty_model(BitwiseTokenizer, config)
     load_into(model, map_official(state_dict, official_tokenizer_key), path)
     return model.eval().requires_grad_(False)
 
 
-def load_official_transformer(path: str | os.PathLike, config: TransformerConfig | str) -> Infinity:
-    """A released transformer (`infinity_2b_reg.pth`: a plain state dict; a full training checkpoint keeps
-    it under trainer/gpt_fsdp).
+def load_official_transformer(
+    path: str | os.PathLike, config: TransformerConfig | str, dtype: torch.dtype = torch.float32
+) -> Infinity:
+    """A released transformer in eval mode: one `.pth` (`infinity_2b_reg.pth`: a plain state dict; a full
+    training checkpoint keeps it under trainer/gpt_fsdp) or a sharded directory (`infinity_8b_weights/`).
 
-    `config` is a TransformerConfig or a preset name from TRANSFORMER_PRESETS.
+    `config` is a TransformerConfig or a preset name from TRANSFORMER_PRESETS. `dtype`: of the parameters; each
+    tensor is converted once while loading (bfloat16 halves the 8B model's 33 GB).
     """
     if isinstance(config, str):
         if config not in TRANSFORMER_PRESETS:
@@ -203,11 +283,14 @@ def load_official_transformer(path: str | os.PathLike, config: TransformerConfig
             )
         config = TRANSFORMER_PRESETS[config]
     path = Path(path)
-    obj = read_torch_weights(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
-        obj = obj["trainer"]
-    state_dict = _tensor_dict(obj, path, entries=("gpt_fsdp",))
-    model = Infinity(config)
+    if path.is_dir() or path.name.endswith(".index.json"):
+        state_dict = read_sharded_weights(path)
+    else:
+        obj = read_torch_weights(path)
+        if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
+            obj = obj["trainer"]
+        state_dict = _tensor_dict(obj, path, entries=("gpt_fsdp",))
+    model = empty_model(Infinity, config, dtype)
     load_into(model, official_transformer_state_dict(state_dict), path)
     return model.eval().requires_grad_(False)
 
@@ -266,6 +349,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
         config = config_cls.from_dict(json.loads(metadata["config"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid {metadata['kind']} config in the file: {e}") from None
-    model = model_cls(config)
+    model = empty_model(model_cls, config)
     load_into(model, state_dict, path)
     return model.to(device).eval()

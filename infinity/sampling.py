@@ -1,7 +1,7 @@
 """Next-scale sampling: the autoregressive loop over scales, as a generator of one event per scale.
 
-Legend: B batch, d bits per token, h/w one scale's grid, l = h*w tokens of one scale, V = 2d logits per token,
-H/W the full latent grid, K scales, T text tokens, E text channels.
+Legend: B batch, d bits per transformer token, h/w one scale's token grid, l = h*w tokens of one scale,
+V = 2d logits per token, H/W the full latent grid, K scales, T text tokens, E text channels, s spatial patch.
 
 Per scale k (paper Sec. 3.1 and Algorithm 2 of the official inference):
   1. logits (2B, l, V) from the transformer, the batch doubled as [prompts; unconditional text] when any scale
@@ -12,6 +12,12 @@ Per scale k (paper Sec. 3.1 and Algorithm 2 of the official inference):
   5. codes (2b - 1)/sqrt(d) upsampled bilinearly to the full grid and added to F (the last scale as is);
      scale k+1's input is F resized bilinearly to its grid.
 The app, the CLI and the tests all consume the same `ScaleEvent` stream.
+
+Spatial patchify (Infinity-8B): when a transformer token carries s*s times the tokenizer's bits (56 = 4 * 14),
+the schedule's grids are token grids and the tokenizer works at s times their size, as in the official code:
+a scale's bits (B, h, w, s*s*d') are unpatchified to the tokenizer's (B, s*h, s*w, d') before step 5, F lives
+at the latent grid (s*H, s*W), and the next input is F resized to (s*h', s*w') then patchified. s is derived
+from the two models' bit counts (`spatial_patch`); with s = 1 all of this is the identity.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import torch
 
 from .schedules import Schedule
 from .tokenizer import BitwiseTokenizer
+from .tokenizer.model import latent_scales, spatial_patch, unpatchify_bits
 from .tokenizer.quantizer import bilinear_resize
 from .transformer import Infinity
 
@@ -44,16 +51,22 @@ class ScaleEvent:
 
     scale_index: int
     num_scales: int
-    bits_Bhwd: torch.Tensor  # uint8 {0,1}: the bits that entered F (sampled, from the prefix, or flipped)
+    bits_Bhwd: torch.Tensor  # uint8 {0,1}: the bits that entered F (sampled, from the prefix, or flipped), per token
     probs_Bhwd: torch.Tensor  # p(bit = 1) after CFG and tau, before top-k/top-p: the model's uncertainty
     logits_BlV: torch.Tensor  # the CFG-combined, tau-scaled logits the bits were drawn from
-    F_BdHW: torch.Tensor  # running sum of the codes of scales 0..k at the full latent grid
+    F_BdHW: torch.Tensor  # running sum of the codes of scales 0..k at the full latent grid (tokenizer bits)
     preview_B3HW: torch.Tensor | None = None  # decode of F_k in [-1, 1], when previews were asked for
     image_B3HW: torch.Tensor | None = None  # decode of F_K in [-1, 1], on the last event only
+    spatial_patch: int = 1  # s: latent cells per token side (2 for Infinity-8B)
 
     @property
     def is_last(self) -> bool:
         return self.scale_index == self.num_scales - 1
+
+    @property
+    def latent_bits_Bhwd(self) -> torch.Tensor:
+        """The bits in the tokenizer's layout (B, s*h, s*w, d/s^2), e.g. for `tokenizer.decode_bits`."""
+        return unpatchify_bits(self.bits_Bhwd, self.spatial_patch)
 
 
 def filter_logits(logits_NV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -126,8 +139,7 @@ def _check_inputs(
     intervention: Intervention | None,
 ) -> None:
     K, d = schedule.num_scales, model.config.bits
-    if tokenizer.bits != d:
-        raise ValueError(f"the tokenizer has {tokenizer.bits} bits per token but the transformer predicts {d}")
+    spatial_patch(d, tokenizer.bits)  # raises unless a token is an s x s patch of latent cells
     _check_text("text", text_BTE, text_lens_B, model.config.text_channels)
     if any(t <= 0 for t in tau_K):
         raise ValueError(f"tau must be > 0 at every scale, got {tau_K}")
@@ -178,6 +190,7 @@ def sample_scales(
     negative_text_BTE / negative_lens_B: replaces the learned unconditional text in the CFG half.
     prefix_bits: the bits (B, h_k, w_k, d) of the first scales, used instead of sampled ones. The bits are
         still drawn (and discarded) there, so the later scales see the same random stream as a run without it.
+        They are per transformer token, as in the events (`patchify_bits` turns tokenizer bits into these).
     intervention: flip a fraction of one scale's bits before they enter F.
     preview: decode F_k into an image at every scale (the last event always carries the image).
     """
@@ -186,7 +199,8 @@ def sample_scales(
     tau_K = _per_scale("tau", tau, K)
     prefix_bits = list(prefix_bits or [])
     _check_inputs(model, tokenizer, text_BTE, text_lens_B, schedule, tau_K, top_k, top_p, prefix_bits, intervention)
-    B, d, full = text_BTE.shape[0], model.config.bits, schedule.latent_hw
+    B, d, s = text_BTE.shape[0], model.config.bits, spatial_patch(model.config.bits, tokenizer.bits)
+    full = latent_scales([schedule.latent_hw], s)[0]  # the tokenizer's grid: s times the last token grid
     dtype = model.pos_start.dtype
 
     if negative_text_BTE is not None:
@@ -211,7 +225,7 @@ def sample_scales(
     cache = model.new_cache(text_BTE.shape[0], schedule)
 
     # 2. Scales, coarse to fine.
-    F_BdHW = torch.zeros(B, d, *full, device=text_BTE.device)
+    F_BdHW = torch.zeros(B, tokenizer.bits, *full, device=text_BTE.device)
     x_Bld = None
     for k, (h, w) in enumerate(schedule.scales):
         raw_BlV = model.step(k, x_Bld, text, cache, schedule).float() / tau_K[k]
@@ -228,15 +242,16 @@ def sample_scales(
             logger.info("scale %d: flipped %.1f%% of the bits", k, 100 * intervention.fraction)
 
         # bilinear_resize is the identity at the full grid, so the last scale is added without interpolation.
-        F_BdHW = F_BdHW + bilinear_resize(tokenizer.bits_to_codes(bits_Bhwd).to(F_BdHW.device), full)
+        codes_Bdhw = tokenizer.bits_to_codes(unpatchify_bits(bits_Bhwd, s)).to(F_BdHW.device)
+        F_BdHW = F_BdHW + bilinear_resize(codes_Bdhw, full)
         if k + 1 < K:
-            x_Bld = tokenizer.next_scale_input(F_BdHW, schedule.scales[k + 1]).to(dtype)
+            x_Bld = tokenizer.next_scale_input(F_BdHW, schedule.scales[k + 1], s).to(dtype)
             x_Bld = x_Bld.repeat(text_BTE.shape[0] // B, 1, 1)  # the same image input for both CFG halves
         last = k + 1 == K
         image = tokenizer.decode(F_BdHW) if (preview or last) else None
         yield ScaleEvent(
             k, K, bits_Bhwd, probs_Bhwd, logits_BlV, F_BdHW,
-            preview_B3HW=image if preview else None, image_B3HW=image if last else None,
+            preview_B3HW=image if preview else None, image_B3HW=image if last else None, spatial_patch=s,
         )
 
 

@@ -1,4 +1,6 @@
-"""Loading official .pth files and our safetensors files; every bad file fails with one clear message."""
+"""Loading official .pth files, sharded official checkpoints and our safetensors files; every bad file fails with
+one clear message."""
+import json
 import os
 import pickle
 
@@ -10,11 +12,14 @@ from infinity.checkpoints import (
     CheckpointError,
     load_model,
     load_official_tokenizer,
+    load_official_transformer,
     official_tokenizer_key,
+    official_transformer_state_dict,
     read_torch_weights,
     save_model,
 )
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
+from infinity.transformer import Infinity, TransformerConfig
 from reference_cases import discover, tokenizer_config
 
 CASE = discover("tokenizer")[0]
@@ -181,3 +186,124 @@ def test_transformer_safetensors_round_trip(tmp_path):
     loaded = load_model(save_model(model, tmp_path / "t.safetensors"))
     assert isinstance(loaded, Infinity) and loaded.config == config
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+# ---- sharded official checkpoints (the Infinity-8B layout) ----
+
+SHARDED = TransformerConfig(depth=4, width=64, num_heads=4, bits=8, text_channels=128, text_maxlen=12)
+
+
+def _official_key(ours: str, blocks_per_chunk: int) -> str:
+    """The inverse of official_transformer_key: our name -> the official (chunked) one."""
+    if ours.startswith("blocks."):
+        i, rest = ours[len("blocks."):].split(".", 1)
+        return f"block_chunks.{int(i) // blocks_per_chunk}.module.{int(i) % blocks_per_chunk}.{rest}"
+    for official, mine in (("text_proj_for_sos.ca.", "text_pool."), ("text_proj_for_ca.", "text_proj."),
+                           ("head_nm.", "head_norm.")):
+        if ours.startswith(mine):
+            return official + ours[len(mine):]
+    return ours
+
+
+def _official_state_dict(model, blocks_per_chunk=2):
+    official = {_official_key(k, blocks_per_chunk): v.clone() for k, v in model.state_dict().items()}
+    for prefix in ["text_proj_for_sos.ca."] + [
+        f"block_chunks.{i // blocks_per_chunk}.module.{i % blocks_per_chunk}.{m}." for i in range(SHARDED.depth)
+        for m in ("sa", "ca")
+    ]:
+        official[prefix + "zero_k_bias"] = torch.zeros(SHARDED.width)  # buffers of the official model
+    return official
+
+
+def _save_shards(folder, official, fmt="bin", num_shards=3):
+    """The Hugging Face sharded layout: shard files plus an index naming the shard of every key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(official)
+    weight_map = {}
+    for i in range(num_shards):
+        name = f"model-{i + 1:05d}-of-{num_shards:05d}.{fmt}"
+        part = {k: official[k].contiguous() for k in keys[i::num_shards]}
+        if fmt == "bin":
+            torch.save(part, folder / name)
+        else:
+            save_file(part, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = "pytorch_model.bin.index.json" if fmt == "bin" else "model.safetensors.index.json"
+    (folder / index).write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return folder / index
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    torch.manual_seed(0)
+    return Infinity(SHARDED).eval()
+
+
+def test_official_keys_round_trip_through_the_mapping(random_model):
+    official = _official_state_dict(random_model)
+    assert set(official_transformer_state_dict(official)) == set(random_model.state_dict())
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_sharded_checkpoint_loads(tmp_path, random_model, fmt):
+    index = _save_shards(tmp_path / "infinity_8b_weights", _official_state_dict(random_model), fmt)
+    for path in (index.parent, index):  # the directory, or the index itself
+        model = load_official_transformer(path, SHARDED)
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        for (k, a), (_, b) in zip(random_model.state_dict().items(), model.state_dict().items(), strict=True):
+            assert torch.equal(a, b) and not b.is_meta, k
+    half = load_official_transformer(index.parent, SHARDED, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert torch.equal(half.head.weight, random_model.head.weight.to(torch.bfloat16))
+
+
+def test_loading_assigns_the_read_tensors_without_a_copy(tmp_path, random_model, monkeypatch):
+    import infinity.checkpoints as ckpt
+
+    index = _save_shards(tmp_path / "shards", _official_state_dict(random_model), "bin")
+    read, real = {}, ckpt._read_shard
+
+    def spy(path):
+        tensors = real(path)
+        read.update(tensors)
+        return tensors
+
+    monkeypatch.setattr(ckpt, "_read_shard", spy)
+    model = load_official_transformer(index.parent, SHARDED)
+    assert model.blocks[3].sa.mat_qkv.weight.data_ptr() == read["block_chunks.1.module.1.sa.mat_qkv.weight"].data_ptr()
+    assert model.head.weight.data_ptr() == read["head.weight"].data_ptr()
+
+
+def test_sharded_checkpoint_errors(tmp_path, random_model):
+    official = _official_state_dict(random_model)
+    with pytest.raises(CheckpointError, match="without an \\*.index.json"):
+        load_official_transformer(tmp_path, SHARDED)
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        load_official_transformer(tmp_path / "nope.index.json", SHARDED)
+
+    # A key the model needs is in no shard: named with our name, like the single-file path.
+    del official["block_chunks.1.module.0.ffn.fc1.bias"]
+    official["block_chunks.0.module.0.extra"] = torch.zeros(1)
+    index = _save_shards(tmp_path / "incomplete", official)
+    with pytest.raises(CheckpointError) as e:
+        load_official_transformer(index.parent, SHARDED)
+    msg = str(e.value)
+    assert str(index.parent) in msg
+    assert "1 missing keys: blocks.2.ffn.fc1.bias" in msg and "1 unexpected keys: blocks.0.extra" in msg
+    with pytest.raises(CheckpointError, match=r"3 shape mismatches: .*word_embed.weight: file \(64, 8\) vs model"):
+        load_official_transformer(_save_shards(tmp_path / "ok", _official_state_dict(random_model)).parent,
+                                  TransformerConfig(**{**SHARDED.to_dict(), "bits": 32}))
+
+    # The index and the shards disagree, or a shard is gone.
+    index = _save_shards(tmp_path / "broken", _official_state_dict(random_model))
+    weight_map = json.loads(index.read_text())["weight_map"]
+    weight_map["head.extra"] = "model-00001-of-00003.bin"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=r"model-00001-of-00003.bin: lacks 1 keys: head.extra that"):
+        load_official_transformer(index.parent, SHARDED)
+    (index.parent / "model-00002-of-00003.bin").unlink()
+    with pytest.raises(CheckpointError, match="names the shard model-00002-of-00003.bin, which is not in"):
+        load_official_transformer(index.parent, SHARDED)
+    index.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a shard index"):
+        load_official_transformer(index, SHARDED)

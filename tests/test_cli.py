@@ -77,3 +77,74 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     result = _run("tokenize", *args[:1], *args[1:], "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- generate ----
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight model folder in our format (see test_pipeline.py): 16x16, 24x16 and 16x24 px."""
+    from infinity.pipeline import InfinityPipeline
+    from infinity.text import MiniLMTextEncoder
+    from test_pipeline import DEFAULTS, SCHEDULES, random_models
+
+    tokenizer, transformer = random_models()
+    pipe = InfinityPipeline(tokenizer, transformer, MiniLMTextEncoder.from_pretrained(max_length=32), SCHEDULES,
+                            DEFAULTS, "tiny", "cpu", torch.float32)
+    return pipe.save_pretrained(tmp_path_factory.mktemp("model"))
+
+
+def test_generate_writes_the_image_and_every_scale(tmp_path, tiny_model_dir):
+    result = _run("generate", "--model", str(tiny_model_dir), "--prompt", "a red cube", "--out", "out/cube.png",
+                  "--aspect-ratio", "3:2", "--seed", "4", "--cfg", "2", "--save-scales", "scales", "--device", "cpu",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import numpy as np
+    from PIL import Image
+
+    from infinity.pipeline import InfinityPipeline
+
+    pipe = InfinityPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    expected = pipe("a red cube", aspect_ratio="3:2", seed=4, cfg=2)
+    with Image.open(tmp_path / "out" / "cube.png") as image:
+        assert image.size == (24, 16) and image.mode == "RGB"
+        assert np.array_equal(np.asarray(image), np.asarray(expected.image))  # the options reached the pipeline
+    assert sorted(p.name for p in (tmp_path / "scales").iterdir()) == ["scale_01.png", "scale_02.png", "scale_03.png"]
+    assert "out/cube.png: 24x16, 3 scales, seed 4" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", " "], "prompt must be a non-empty string"),
+        (["--cfg", "nan"], "cfg must be a finite number"),
+        (["--tau", "0"], "tau (temperature) must be > 0"),
+        (["--top-p", "2"], "top_p must be in [0, 1]"),
+        (["--aspect-ratio", "16:9"], "unknown aspect ratio '16:9'; this model has 1:1, 3:2, 2:3"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**63 - 1]"),
+        (["--out", "cube.txt"], "unknown image format '.txt'"),
+        (["--device", "toaster"], "unknown device"),
+        (["--model", "nowhere"], "nowhere: neither a model name (infinity-2b, infinity-8b) nor a model folder"),
+    ],
+)
+def test_generate_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, args, message):
+    from infinity.__main__ import main
+
+    base = {"--model": str(tiny_model_dir), "--prompt": "a red cube", "--out": str(tmp_path / "x.png")}
+    base.update(zip(args[::2], args[1::2]))
+    assert main(["generate", *[x for pair in base.items() for x in pair]]) == 2
+    err = capsys.readouterr().err  # model-dependent checks come after loading, and its progress bar
+    assert err.splitlines()[-1].startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_generate_official_model_offline_without_weights_is_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    env.pop("INFINITY_WEIGHTS_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "infinity", "generate", "--model", "infinity-2b", "--prompt", "a cube", "--out", "x.png",
+         "--device", "cpu"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: Infinity-2B weights not found: ")
+    assert "INFINITY_WEIGHTS_DIR" in result.stderr and "Traceback" not in result.stderr

@@ -4,11 +4,17 @@ Legend: B batch, L tokens in the attended sequence (all scales so far), l tokens
 T text tokens (padded), C width, E text-encoder channels, N heads, c head dimension.
 
 Text is carried padded: text_BTC (projected to the width; raw features are text_BTE) plus text_mask_BT (True = a real token). Prompts have at least one token.
+
+Every attention goes through `attention`, which runs torch's scaled_dot_product_attention (SDPA) or, on CUDA,
+xformers' or flash-attn's kernel: automatically when one is installed, or as chosen with
+`set_attention_backend(name)` / the environment variable INFINITY_ATTENTION (auto, sdpa, xformers, flash).
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,6 +38,112 @@ def block_causal_mask(scales: Sequence[tuple[int, int]], device: torch.device | 
     """
     scale_L = torch.cat([torch.full((h * w,), k, device=device) for k, (h, w) in enumerate(scales)])
     return scale_L[:, None] >= scale_L[None, :]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention kernels
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "flash")
+ATTENTION_ENV = "INFINITY_ATTENTION"
+_LIBRARIES = {"xformers": "xformers", "flash": "flash_attn"}
+_HALF = (torch.float16, torch.bfloat16)
+_chosen_backend: str | None = None  # set by set_attention_backend; None defers to $INFINITY_ATTENTION
+
+
+@functools.cache
+def _kernel(name: str) -> Callable | None:
+    """The library's attention function, or None when the library cannot be imported."""
+    try:
+        if name == "xformers":
+            from xformers.ops import memory_efficient_attention
+
+            return memory_efficient_attention
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func
+    except (ImportError, OSError):  # not installed, or built for another torch / CUDA
+        return None
+
+
+def _checked(name: str, source: str) -> str:
+    if name not in ATTENTION_BACKENDS:
+        choices = ", ".join(ATTENTION_BACKENDS)
+        raise ValueError(f"unknown attention backend {name!r} ({source}); choose one of {choices}")
+    if name in _LIBRARIES and _kernel(name) is None:
+        raise RuntimeError(
+            f"attention backend {name!r} ({source}) is not available: `import {_LIBRARIES[name]}` fails; "
+            f"install it, or choose 'sdpa' or 'auto'"
+        )
+    return name
+
+
+def set_attention_backend(name: str | None) -> None:
+    """Choose the attention kernel of every block: "auto" (the default), "sdpa", "xformers" or "flash".
+
+    None forgets the choice (then $INFINITY_ATTENTION decides, else "auto"). A library that cannot be imported
+    raises here. "auto" uses flash-attn for fp16/bf16 CUDA tensors, else xformers on CUDA, else SDPA.
+    """
+    global _chosen_backend
+    _chosen_backend = None if name is None else _checked(name, "set_attention_backend")
+
+
+def attention_backend() -> str:
+    """The backend in force: set_attention_backend's choice, else $INFINITY_ATTENTION, else "auto"."""
+    if _chosen_backend is not None:
+        return _chosen_backend
+    name = os.environ.get(ATTENTION_ENV)
+    return "auto" if not name else _checked(name, f"${ATTENTION_ENV}")
+
+
+def _kernel_for(q_BNlc: torch.Tensor, mask: torch.Tensor | None) -> str:
+    name = attention_backend()
+    # Neither library's public kernel takes an arbitrary boolean mask, so the block-causal mask of training and
+    # the padded-text masks of cross-attention and the SOS pool always run on SDPA (which has its own
+    # memory-efficient CUDA kernel for masks). The KV-cached self-attention of sampling has no mask.
+    if name == "sdpa" or mask is not None:
+        return "sdpa"
+    if name == "auto":
+        if not q_BNlc.is_cuda:
+            return "sdpa"
+        if q_BNlc.dtype in _HALF and _kernel("flash") is not None:
+            return "flash"
+        return "xformers" if _kernel("xformers") is not None else "sdpa"
+    if not q_BNlc.is_cuda:
+        raise RuntimeError(f"attention backend {name!r} runs on CUDA only, got tensors on {q_BNlc.device}")
+    return name
+
+
+def attention(
+    q_BNlc: torch.Tensor,
+    k_BNLc: torch.Tensor,
+    v_BNLc: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale) v over the keys allowed by `mask`, heads concatenated: (B, l, N*c).
+
+    mask: bool, True where a query may attend to a key, broadcastable to (B, N, l, L). scale: None is 1/sqrt(c).
+    """
+    B, N, l, c = q_BNlc.shape
+    kernel = _kernel_for(q_BNlc, mask)
+    if kernel == "sdpa":
+        out_BNlc = F.scaled_dot_product_attention(q_BNlc, k_BNLc, v_BNLc, attn_mask=mask, scale=scale)
+        return out_BNlc.transpose(1, 2).reshape(B, l, N * c)
+    # Both libraries take and return (B, L, N, c) (head dim contiguous, which the transposes keep).
+    q_BlNc, k_BLNc, v_BLNc = (t.transpose(1, 2) for t in (q_BNlc, k_BNLc, v_BNLc))
+    if kernel == "xformers":
+        out_BlNc = _kernel("xformers")(q_BlNc, k_BLNc, v_BLNc, scale=scale)
+    else:
+        # flash-attn computes in fp16/bf16 only; like the official cross-attention, fp32 inputs run in bf16.
+        dtype = q_BlNc.dtype
+        if dtype not in _HALF:
+            q_BlNc, k_BLNc, v_BLNc = (t.to(torch.bfloat16) for t in (q_BlNc, k_BLNc, v_BLNc))
+        out_BlNc = _kernel("flash")(q_BlNc, k_BLNc, v_BLNc, softmax_scale=scale).to(dtype)
+    return out_BlNc.reshape(B, l, N * c)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces of a block
 
 
 def ada_layer_norm(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
@@ -87,7 +199,7 @@ class SelfAttention(nn.Module):
         attn_mask_lL: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        B, l, C = x_BlC.shape
+        B, l, _ = x_BlC.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x_BlC, self.mat_qkv.weight, bias).view(B, l, 3, self.num_heads, -1)
         q_BNlc, k_BNlc, v_BNlc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -100,8 +212,7 @@ class SelfAttention(nn.Module):
             k_BNLc, v_BNLc = cache.extend(self.layer_index, k_BNlc, v_BNlc)
         else:
             k_BNLc, v_BNLc = k_BNlc, v_BNlc
-        out_BNlc = F.scaled_dot_product_attention(q_BNlc, k_BNLc, v_BNLc, attn_mask=attn_mask_lL, scale=1.0)
-        return self.proj(out_BNlc.transpose(1, 2).reshape(B, l, C))
+        return self.proj(attention(q_BNlc, k_BNLc, v_BNLc, attn_mask_lL, scale=1.0))
 
 
 class CrossAttention(nn.Module):
@@ -116,11 +227,10 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x_BlC: torch.Tensor, text_BTC: torch.Tensor, text_mask_BT: torch.Tensor) -> torch.Tensor:
-        B, l, C = x_BlC.shape
+        B, l, _ = x_BlC.shape
         q_BNlc = self.mat_q(x_BlC).view(B, l, self.num_heads, -1).transpose(1, 2)
         k_BNTc, v_BNTc = text_keys_values(text_BTC, self.mat_kv, self.v_bias, self.num_heads)
-        out_BNlc = F.scaled_dot_product_attention(q_BNlc, k_BNTc, v_BNTc, attn_mask=text_mask_BT[:, None, None, :])
-        return self.proj(out_BNlc.transpose(1, 2).reshape(B, l, C))
+        return self.proj(attention(q_BNlc, k_BNTc, v_BNTc, text_mask_BT[:, None, None, :]))
 
 
 class TextAttentionPool(nn.Module):
@@ -141,8 +251,8 @@ class TextAttentionPool(nn.Module):
     def forward(self, text_BTE: torch.Tensor, text_mask_BT: torch.Tensor) -> torch.Tensor:
         k_BNTc, v_BNTc = text_keys_values(text_BTE, self.mat_kv, self.v_bias, self.num_heads)
         q_BN1c = self.mat_q.unsqueeze(2).expand(text_BTE.shape[0], -1, -1, -1)
-        out_BN1c = F.scaled_dot_product_attention(q_BN1c, k_BNTc, v_BNTc, attn_mask=text_mask_BT[:, None, None, :])
-        return self.proj(out_BN1c.flatten(1))  # (B, C)
+        out_B1C = attention(q_BN1c, k_BNTc, v_BNTc, text_mask_BT[:, None, None, :])
+        return self.proj(out_B1C.squeeze(1))  # (B, C)
 
 
 class FFN(nn.Module):
