@@ -1,0 +1,1 @@
+"""Training code for the tokenizer and the transformer (python -m infinity.train --help)."""

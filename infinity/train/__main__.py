@@ -1,0 +1,146 @@
+"""python -m infinity.train {tokenizer,transformer} ...: train the tokenizer, then the transformer on its bits.
+
+Runs as one process (CPU or one GPU) or under torchrun (gloo on CPU, NCCL on GPUs), e.g.
+    torchrun --nproc-per-node 2 -m infinity.train transformer --tokenizer runs/tok/tokenizer.safetensors ...
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from ..checkpoints import CheckpointError, load_model
+from ..tokenizer import BitwiseTokenizer
+from .engine import Distributed, OptimConfig
+from .loop import RunConfig, train
+from .recipes import RECIPES
+from .tokenizer_trainer import TokenizerLoss, TokenizerTask
+from .transformer_trainer import TransformerLoss, TransformerTask
+
+logger = logging.getLogger("infinity.train")
+
+
+def _common(p: argparse.ArgumentParser, lr: float) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--recipe", default="shapes-small", choices=sorted(RECIPES),
+                   help="model configs and scale schedules to train (default: %(default)s, the embedded model)")
+    g.add_argument("--data", default="shapes",
+                   help="'shapes' (procedural scenes rendered on the fly) or a JSONL file in the official layout "
+                        "(one line per image: image_path, h_div_w, text)")
+    g.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, samples/, exported weights")
+    g.add_argument("--steps", type=int, required=True, help="total optimisation steps of the run")
+    g.add_argument("--batch-size", type=int, default=16, help="global batch, split over the processes (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="fixes data, flips and dropout (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if there is one")
+    g.add_argument("--init-from", default=None,
+                   help="start from these weights: an official .pth or our .safetensors (fine-tuning)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: torch's default)")
+    g.add_argument("--log-every", type=int, default=10, help="steps between metrics lines (default: %(default)s)")
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: %(default)s)")
+    g.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: at the end only)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    o = p.add_argument_group("optimiser (AdamW, linear warmup then cosine)")
+    o.add_argument("--lr", type=float, default=lr, help="peak learning rate (default: %(default)s)")
+    o.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (default: %(default)s)")
+    o.add_argument("--warmup-steps", type=int, default=200, help="(default: %(default)s)")
+    o.add_argument("--weight-decay", type=float, default=0.05, help="on weight matrices only (default: %(default)s)")
+    o.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 for none (default: %(default)s)")
+    o.add_argument("--ema-decay", type=float, default=0.999, help="0 disables the EMA (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m infinity.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tok = sub.add_parser("tokenizer", help="train the multi-scale bitwise tokenizer (VAE + BSQ/LFQ)")
+    _common(tok, lr=1e-3)
+    t = tok.add_argument_group("tokenizer losses")
+    t.add_argument("--recon-weight", type=float, default=1.0, help="L1 reconstruction (default: %(default)s)")
+    t.add_argument("--object-weight", type=float, default=0.0,
+                   help="extra L1 weight of pixels that differ from the image's border colour (default: %(default)s)")
+    t.add_argument("--color-weight", type=float, default=0.0, help="L1 of 4x-pooled colours (default: %(default)s)")
+    t.add_argument("--entropy-weight", type=float, default=0.1, help="BSQ/LFQ entropy penalty (default: %(default)s)")
+    t.add_argument("--commitment-weight", type=float, default=0.25, help="(default: %(default)s)")
+    t.add_argument("--gan-weight", type=float, default=0.0, help="PatchGAN hinge loss, 0 for none (default: %(default)s)")
+    t.add_argument("--gan-start", type=int, default=0, help="first step of the GAN loss (default: %(default)s)")
+    t.add_argument("--crop-size", type=int, default=0,
+                   help="train on random square crops of this many pixels (0: whole images; default: %(default)s)")
+    t.add_argument("--perceptual-weight", type=float, default=0.0,
+                   help="LPIPS; needs the lpips package and its weights (default: %(default)s)")
+
+    tr = sub.add_parser("transformer", help="train the transformer on a trained tokenizer's bits")
+    _common(tr, lr=5e-4)
+    t = tr.add_argument_group("transformer")
+    t.add_argument("--tokenizer", required=True, help="the trained tokenizer (.safetensors from the tokenizer trainer)")
+    t.add_argument("--scale-weight-power", type=float, default=0.0,
+                   help="tokens of scale k weigh (h*w)^-power: 0 all tokens equal, 1 all scales equal (default: %(default)s)")
+    t.add_argument("--self-correction-scales", type=int, default=0,
+                   help="bitwise self-correction: flip bits at the first N scales (default: %(default)s)")
+    t.add_argument("--self-correction-strength", type=float, default=0.3,
+                   help="largest flip probability (default: %(default)s)")
+    t.add_argument("--cond-dropout", type=float, default=0.1,
+                   help="fraction of prompts dropped for classifier-free guidance (default: %(default)s)")
+    t.add_argument("--sample-cfg", type=float, default=3.0, help="CFG of the sample grids (default: %(default)s)")
+    return parser
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    optim = OptimConfig(
+        lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+    )
+    return RunConfig(
+        out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, optim=optim,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+        resume=args.resume, progress=not args.no_progress,
+    )
+
+
+def _task(args: argparse.Namespace, run: RunConfig):
+    recipe = RECIPES[args.recipe]
+    if args.command == "tokenizer":
+        loss = TokenizerLoss(
+            recon=args.recon_weight, object_weight=args.object_weight, color=args.color_weight,
+            entropy=args.entropy_weight, commitment=args.commitment_weight, gan=args.gan_weight,
+            gan_start=args.gan_start, perceptual=args.perceptual_weight,
+        )
+        return TokenizerTask(recipe.tokenizer, recipe.schedules, loss, args.data, args.batch_size, args.seed,
+                             run.optim, init_from=args.init_from, crop_size=args.crop_size)
+    tokenizer = load_model(args.tokenizer)
+    if not isinstance(tokenizer, BitwiseTokenizer):
+        raise ValueError(f"{args.tokenizer} is not a tokenizer")
+    loss = TransformerLoss(
+        scale_weight_power=args.scale_weight_power, self_correction_scales=args.self_correction_scales,
+        self_correction_strength=args.self_correction_strength, cond_dropout=args.cond_dropout,
+    )
+    return TransformerTask(recipe.transformer, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
+                           args.data, args.batch_size, args.seed, init_from=args.init_from, sample_cfg=args.sample_cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist = None
+    try:
+        run = _run_config(args)
+        dist = Distributed.from_env(args.device)
+        torch.manual_seed(args.seed)  # the same initial weights in every process and every run of this seed
+        task = _task(args, run)
+        train(task, run, dist)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist is not None:
+            dist.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The training loop both trainers run: a `Task` says what a step computes, the loop does the rest.
+
+Per step: reseed, set the learning rate, the task's batch and losses, backward, clip, AdamW, EMA, metrics;
+every `checkpoint_every` steps an atomic checkpoint (model, optimizer, EMA, task state, step); every
+`sample_every` steps the task's samples from the EMA model. `--resume` restarts from the checkpoint in the run
+folder and reaches exactly the state an uninterrupted run reaches.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .engine import (
+    CHECKPOINT_NAME,
+    EMA,
+    Distributed,
+    MetricsLog,
+    OptimConfig,
+    adamw,
+    clip_gradients,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    set_lr,
+    step_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str
+    steps: int
+    batch_size: int  # global: summed over processes
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log_every: int = 10
+    checkpoint_every: int = 200
+    sample_every: int = 0  # 0: only at the end
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch size must be >= 1, got {self.steps} and {self.batch_size}")
+        if min(self.log_every, self.checkpoint_every) < 1 or self.sample_every < 0:
+            raise ValueError("log and checkpoint intervals must be >= 1, the sample interval >= 0")
+
+
+class Task(Protocol):
+    """What one trainer computes. `model` is trained, averaged (EMA) and checkpointed by the loop."""
+
+    model: nn.Module
+
+    def setup(self, dist: Distributed, wrapped: nn.Module) -> None: ...
+
+    def losses(self, step: int, dist: Distributed) -> tuple[torch.Tensor, dict[str, float], int]:
+        """(loss to minimise, metrics, items processed by this process)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def samples(self, ema_model: nn.Module, step: int, out_dir: Path) -> dict[str, float]: ...
+
+    def export(self, ema_model: nn.Module, out_dir: Path) -> None: ...
+
+    def identity(self) -> dict: ...
+
+
+def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
+    """Run (or resume) training; returns the last logged metrics."""
+    out_dir = Path(run.out_dir)
+    model = task.model.to(dist.device)
+    wrapped = dist.wrap(model)
+    optimizer = adamw(model, run.optim)
+    ema = EMA(model, run.optim.ema_decay) if run.optim.ema_decay > 0 else None
+    task.setup(dist, wrapped)
+
+    start = 0
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if run.resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, dist.device)
+        if state["identity"] != task.identity():
+            raise ValueError(
+                f"{ckpt_path} was written by another configuration:\n  {state['identity']}\nnow:\n  {task.identity()}"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.model.load_state_dict(state["ema"])
+        task.load_state_dict(state["task"])
+        start = int(state["step"])
+        logger.info("resumed %s at step %d", ckpt_path, start)
+    elif run.resume:
+        logger.info("no checkpoint at %s: starting from step 0", ckpt_path)
+
+    log = MetricsLog(out_dir, run.steps, start, enabled=dist.is_main, progress=run.progress)
+    metrics: dict[str, float] = {}
+    window_items, window_t0 = 0, time.perf_counter()
+    for step in range(start, run.steps):
+        torch.manual_seed(step_seed(run.seed, step, f"rank{dist.rank}"))
+        lr = lr_at(step, run.steps, run.optim)
+        set_lr(optimizer, lr)
+        wrapped.train()
+        loss, step_metrics, items = task.losses(step, dist)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(model, run.optim.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
+        window_items += items * dist.world_size
+
+        done = step + 1
+        if done % run.log_every == 0 or done == run.steps:
+            elapsed = time.perf_counter() - window_t0
+            metrics = dist.mean({"loss": float(loss), **step_metrics})
+            metrics.update(lr=lr, grad_norm=grad_norm, items_per_s=window_items / max(elapsed, 1e-9))
+            log.log(done, metrics)
+            window_items, window_t0 = 0, time.perf_counter()
+        log.advance()
+        if done % run.checkpoint_every == 0 or done == run.steps:
+            if dist.is_main:
+                save_checkpoint(ckpt_path, {
+                    "step": done,
+                    "identity": task.identity(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.model.state_dict() if ema is not None else {},
+                    "task": task.state_dict(),
+                })
+            dist.barrier()
+        if dist.is_main and run.sample_every and done % run.sample_every == 0 and done < run.steps:
+            log.log(done, task.samples(ema.model if ema else model, done, out_dir))
+    if dist.is_main:
+        final = ema.model if ema is not None else model
+        task.export(final, out_dir)
+        log.log(run.steps, task.samples(final, run.steps, out_dir))
+    log.close()
+    dist.barrier()
+    return metrics

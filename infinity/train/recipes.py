@@ -1,0 +1,81 @@
+"""Named training recipes: the model configs and scale schedules a run starts from.
+
+`shapes-*` recipes are the small models trained on the procedural shapes data (the embedded model of the app);
+`infinity-2b` fine-tunes the released model on the official schedules.
+
+The shapes schedules put 128 px on the short side at downsampling 8 (a 16-cell side): 1:1 is 128x128,
+3:2 is 128x192 (landscape), 2:3 is 192x128 (portrait). Seven scales each, the last one the full latent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..schedules import Schedule, get_schedule
+from ..tokenizer import TOKENIZER_PRESETS, TokenizerConfig
+from ..transformer import TRANSFORMER_PRESETS, TransformerConfig
+
+SHAPES_PATCH = 8
+
+
+def _schedule(grids: list[tuple[int, int]]) -> Schedule:
+    H, W = grids[-1]
+    return Schedule(scales=tuple(grids), patch_size=SHAPES_PATCH, h_div_w=round(H / W, 3))
+
+
+def shapes_schedules() -> dict[str, Schedule]:
+    square = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)]
+    landscape = [(1, 1), (2, 3), (4, 6), (6, 9), (8, 12), (12, 18), (16, 24)]
+    return {
+        "1:1": _schedule(square),
+        "3:2": _schedule(landscape),
+        "2:3": _schedule([(w, h) for h, w in landscape]),
+    }
+
+
+def official_schedules(budget: str = "0.06M") -> dict[str, Schedule]:
+    return {name: get_schedule(name, budget) for name in ("1:1", "4:3", "3:4", "16:9", "9:16")}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    tokenizer: TokenizerConfig
+    transformer: TransformerConfig
+    schedules: dict[str, Schedule]
+    text_encoder: str  # "minilm" or a Flan-T5 name on the Hugging Face hub
+
+
+def _shapes_tokenizer() -> TokenizerConfig:
+    return TokenizerConfig(bits=16, base_channels=24, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1, patch_size=8)
+
+
+RECIPES: dict[str, Recipe] = {
+    # The embedded model: ~2 M tokenizer parameters (24-channel base), ~4 M transformer parameters, MiniLM text features (E=384).
+    "shapes-small": Recipe(
+        tokenizer=_shapes_tokenizer(),
+        transformer=TransformerConfig(
+            depth=6, width=192, num_heads=3, bits=16, text_channels=384, text_maxlen=32, max_scales=7,
+            drop_path_rate=0.0,
+        ),
+        schedules=shapes_schedules(),
+        text_encoder="minilm",
+    ),
+    # For tests: a few thousand parameters, 32 px images.
+    "shapes-tiny": Recipe(
+        tokenizer=TokenizerConfig(bits=8, base_channels=32, channel_multipliers=(1, 1, 1), num_res_blocks=1, patch_size=4),
+        transformer=TransformerConfig(
+            depth=2, width=48, num_heads=2, bits=8, text_channels=384, text_maxlen=32, max_scales=4,
+            drop_path_rate=0.0,
+        ),
+        schedules={
+            "1:1": Schedule(((1, 1), (2, 2), (4, 4), (8, 8)), patch_size=4, h_div_w=1.0),
+            "3:2": Schedule(((1, 1), (2, 3), (4, 6), (8, 12)), patch_size=4, h_div_w=0.667),
+        },
+        text_encoder="minilm",
+    ),
+    "infinity-2b": Recipe(
+        tokenizer=TOKENIZER_PRESETS["infinity-vae-d32reg"].config,
+        transformer=TRANSFORMER_PRESETS["infinity-2b"],
+        schedules=official_schedules("0.06M"),
+        text_encoder="google/flan-t5-xl",
+    ),
+}

@@ -1,0 +1,211 @@
+"""Training the Infinity transformer: teacher-forced next-scale prediction of the tokenizer's bits.
+
+Per batch: a frozen tokenizer encodes the images; the multi-scale quantizer, with bitwise self-correction,
+flips a random fraction of the bits of the first scales and re-quantizes the later residuals (paper
+Algorithm 4), which gives both the inputs and the targets; a fraction of the prompts is replaced by the learned
+empty prompt (classifier-free guidance); the loss is the cross-entropy of each of the d bits (the
+Infinite-Vocabulary Classifier), every token of scale k weighted by l_k^-power (power 0: all tokens equal;
+1: every scale counts as much as any other, however few tokens it has).
+
+Legend: B batch (this process), G global batch, L tokens of all scales, d bits, V logits per token, T text tokens.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import load_model, load_official_transformer, save_model
+from ..images import to_pil
+from ..sampling import sample_scales
+from ..schedules import Schedule
+from ..text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
+from ..tokenizer import BitwiseTokenizer, SelfCorrection
+from ..tokenizer.model import latent_scales, spatial_patch
+from ..transformer import Infinity, TransformerConfig
+from .data import ShapesSource, make_source
+from .engine import Distributed, config_dict, step_generator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransformerLoss:
+    scale_weight_power: float = 0.0  # token weight of scale k ~ (h_k * w_k) ** -power
+    self_correction_scales: int = 0  # corrupt the first n scales (0: plain teacher forcing)
+    self_correction_strength: float = 0.3  # largest flip probability
+    cond_dropout: float = 0.1  # fraction of prompts replaced by the learned empty prompt
+
+    def __post_init__(self) -> None:
+        if self.scale_weight_power < 0 or not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"need scale_weight_power >= 0 and 0 <= cond_dropout < 1: {self}")
+        SelfCorrection(self.self_correction_scales, self.self_correction_strength)  # validates
+
+
+class GlobalBatchFlips:
+    """Self-correction flips drawn for the whole global batch, this process keeping its rows.
+
+    The same (seed, step) gives the same corrupted batch whatever the number of processes.
+    """
+
+    def __init__(self, cfg: SelfCorrection, generator: torch.Generator, global_batch: int, rows: slice):
+        self.cfg, self.generator, self.global_batch, self.rows = cfg, generator, global_batch, rows
+
+    def __call__(self, k: int, bits_Bhwd: torch.Tensor) -> torch.Tensor | None:
+        if k >= self.cfg.num_scales:
+            return None
+        steps = int(round(100 * self.cfg.strength)) + 1
+        p = torch.randint(0, steps, (), generator=self.generator).item() / 100
+        u = torch.rand((self.global_batch, *bits_Bhwd.shape[1:]), generator=self.generator)[self.rows]
+        return (u < p).to(bits_Bhwd.device)
+
+
+def scale_weights(schedule: Schedule, power: float) -> torch.Tensor:
+    """(L,) token weights with mean 1: tokens of scale k weigh (h_k w_k)^-power."""
+    w = torch.cat([torch.full((h * w,), float(h * w) ** -power) for h, w in schedule.scales])
+    return w / w.mean()
+
+
+def bitwise_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
+    """Mean over bits, weighted mean over tokens, mean over the batch, of -log p(target bit)."""
+    B, L, d = targets_BLd.shape
+    logp_BLd2 = logits_BLV.float().view(B, L, d, 2).log_softmax(dim=-1)
+    nll_BLd = -logp_BLd2.gather(-1, targets_BLd.long().unsqueeze(-1)).squeeze(-1)
+    return (nll_BLd.mean(dim=-1) * weights_L.to(nll_BLd.device)).mean()
+
+
+def load_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:
+    if name == "minilm":
+        return MiniLMTextEncoder.from_pretrained(None, device=device, max_length=max_length)
+    return T5TextEncoder.from_pretrained(name, device=device)
+
+
+class TextCache:
+    """Text features per caption, computed once (captions repeat across steps)."""
+
+    def __init__(self, encoder: TextEncoder, max_entries: int = 100_000):
+        self.encoder, self.max_entries = encoder, max_entries
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = sorted({c for c in captions if c not in self._cache})
+        if missing:
+            feats_BTE, lens_B = self.encoder.encode(missing)
+            if len(self._cache) + len(missing) > self.max_entries:
+                self._cache.clear()
+            for c, f, n in zip(missing, feats_BTE.cpu(), lens_B.tolist()):
+                self._cache[c] = f[:n].clone()
+        rows = [self._cache[c] for c in captions]
+        lens_B = torch.tensor([r.shape[0] for r in rows])
+        text_BTE = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        return text_BTE.to(device), lens_B.to(device)
+
+
+class TransformerTask:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        tokenizer: BitwiseTokenizer,
+        tokenizer_path: str,
+        text_encoder: str,
+        schedules: dict[str, Schedule],
+        loss: TransformerLoss,
+        data: str,
+        batch_size: int,
+        seed: int,
+        init_from: str | None = None,
+        sample_cfg: float = 3.0,
+    ):
+        self.patch = spatial_patch(config.bits, tokenizer.bits)  # 2 for Infinity-8B's 2x2 tokens, else 1
+        self.config, self.tokenizer, self.tokenizer_path = config, tokenizer.eval().requires_grad_(False), tokenizer_path
+        self.text_encoder_name, self.schedules, self.loss_cfg = text_encoder, schedules, loss
+        self.data, self.batch_size, self.seed, self.sample_cfg = data, batch_size, seed, sample_cfg
+        self.model = Infinity(config)
+        if init_from:
+            self.model.load_state_dict(_load_transformer(init_from, config).state_dict())
+        self.source = make_source(data, schedules, seed)
+        self.self_correction = SelfCorrection(loss.self_correction_scales, loss.self_correction_strength)
+
+    def identity(self) -> dict:
+        return {
+            "kind": "transformer", "config": self.config.to_dict(), "loss": config_dict(self.loss_cfg),
+            "tokenizer": self.tokenizer.config.to_dict(), "text_encoder": self.text_encoder_name,
+            "data": self.data, "batch_size": self.batch_size, "seed": self.seed,
+            "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
+        }
+
+    def setup(self, dist: Distributed, wrapped: torch.nn.Module) -> None:
+        self.wrapped, self.device = wrapped, dist.device
+        self.tokenizer.to(dist.device)
+        self.text = TextCache(load_text_encoder(self.text_encoder_name, dist.device, self.config.text_maxlen))
+
+    def losses(self, step: int, dist: Distributed) -> tuple[torch.Tensor, dict[str, float], int]:
+        G, rows = self.batch_size, dist.shard(self.batch_size)
+        batch = self.source.batch(step, G, rows)
+        schedule = self.schedules[batch.aspect_ratio]
+        g = step_generator(self.seed, step, "transformer")
+        with torch.no_grad():
+            x = batch.images_B3HW.to(self.device)
+            flips = GlobalBatchFlips(self.self_correction, g, G, rows) if self.self_correction.num_scales else None
+            scales = latent_scales(schedule.scales, self.patch)
+            codes = self.tokenizer.quantize(self.tokenizer.encode(x), scales, flips=flips)
+            x_BLd = self.tokenizer.teacher_forcing_inputs(codes, self.patch)
+            targets_BLd = self.tokenizer.targets(codes, self.patch)
+            drop_B = (torch.rand(G, generator=g) < self.loss_cfg.cond_dropout)[rows].to(self.device)
+            text_BTE, lens_B = self.text(batch.captions, self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits_BLV = self.wrapped(text_BTE, lens_B, x_BLd, schedule, drop_text_B=drop_B)
+        weights_L = scale_weights(schedule, self.loss_cfg.scale_weight_power)
+        loss = bitwise_cross_entropy(logits_BLV, targets_BLd, weights_L)
+        with torch.no_grad():
+            B, L, d = targets_BLd.shape
+            correct_BL = (logits_BLV.view(B, L, d, 2).argmax(-1) == targets_BLd).float().mean(-1)
+            coarse = sum(h * w for h, w in schedule.scales[:3])
+            metrics = {"acc": float(correct_BL.mean()), "acc_coarse": float(correct_BL[:, :coarse].mean())}
+        return loss, metrics, x.shape[0]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def _sample_prompts(self) -> list[str]:
+        if self.data == "shapes":
+            return ShapesSource(self.schedules, self.seed, split="heldout").batch(0, 6, slice(0, 6)).captions
+        return self.source.batch(10**9, 6, slice(0, 6)).captions
+
+    @torch.no_grad()
+    def samples(self, model: Infinity, step: int, out_dir: Path) -> dict[str, float]:
+        """A grid for fixed held-out prompts: one row per prompt, the decoded F_k of every scale across."""
+        model.eval()
+        prompts = self._sample_prompts()
+        schedule = self.schedules[next(iter(self.schedules))]
+        text_BTE, lens_B = self.text(prompts, self.device)
+        g = torch.Generator(self.device).manual_seed(self.seed)
+        columns = [ev.preview_B3HW for ev in sample_scales(
+            model, self.tokenizer, text_BTE, lens_B, schedule, cfg=self.sample_cfg, generator=g, preview=True
+        )]
+        grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)
+        path = out_dir / "samples" / f"transformer_{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        to_pil(grid).save(path)
+        (path.with_suffix(".txt")).write_text("\n".join(prompts) + "\n")
+        return {}
+
+    def export(self, model: Infinity, out_dir: Path) -> None:
+        save_model(model, out_dir / "transformer.safetensors")
+        (out_dir / "transformer_training.json").write_text(json.dumps(self.identity(), indent=1))
+        logger.info("wrote %s", out_dir / "transformer.safetensors")
+
+
+def _load_transformer(path: str, config: TransformerConfig) -> Infinity:
+    if path.endswith(".safetensors"):
+        model = load_model(path)
+        if not isinstance(model, Infinity) or model.config != config:
+            raise ValueError(f"{path} holds another model than the transformer being trained ({config})")
+        return model
+    return load_official_transformer(path, config)

@@ -1,0 +1,253 @@
+"""The trainers: a step lowers the loss, resume is exact, two gloo processes equal one, checkpoints survive kills."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from infinity.checkpoints import load_model, save_model
+from infinity.tokenizer import BitwiseTokenizer
+from infinity.train.engine import Distributed, OptimConfig, adamw, load_checkpoint, lr_at
+from infinity.train.loop import RunConfig, train
+from infinity.train.recipes import RECIPES
+from infinity.train.tokenizer_trainer import TokenizerLoss, TokenizerTask, background_mask
+from infinity.train.transformer_trainer import (
+    GlobalBatchFlips,
+    TransformerLoss,
+    TransformerTask,
+    bitwise_cross_entropy,
+    scale_weights,
+)
+from infinity.tokenizer import SelfCorrection
+
+TINY = RECIPES["shapes-tiny"]
+ROOT = Path(__file__).resolve().parents[1]
+CPU = Distributed(0, 1, torch.device("cpu"))
+
+
+def _tokenizer_task(**kw) -> TokenizerTask:
+    return TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(object_weight=2.0, color=1.0), "shapes", 4, 0,
+                         OptimConfig(), **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_model(BitwiseTokenizer(TINY.tokenizer), tmp_path_factory.mktemp("tok") / "tokenizer.safetensors")
+
+
+def _transformer_task(tokenizer_file: Path, **kw) -> TransformerTask:
+    loss = TransformerLoss(scale_weight_power=0.5, self_correction_scales=2, cond_dropout=0.25)
+    return TransformerTask(TINY.transformer, load_model(tokenizer_file), str(tokenizer_file), "minilm",
+                           TINY.schedules, loss, "shapes", 4, 0, **kw)
+
+
+def _one_step_lowers_loss(task, step: int = 3) -> tuple[float, float]:
+    task.setup(CPU, task.model)
+    opt = adamw(task.model, OptimConfig(lr=3e-4, weight_decay=0.0))
+    torch.manual_seed(0)
+    before, _, _ = task.losses(step, CPU)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    torch.manual_seed(0)
+    after, _, _ = task.losses(step, CPU)
+    return float(before.detach()), float(after.detach())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tokenizer_step_lowers_loss_on_a_fixed_batch(seed):
+    torch.manual_seed(seed)
+    before, after = _one_step_lowers_loss(_tokenizer_task())
+    assert after < before
+
+
+def test_transformer_step_lowers_loss_on_a_fixed_batch(tiny_tokenizer_file):
+    torch.manual_seed(0)
+    before, after = _one_step_lowers_loss(_transformer_task(tiny_tokenizer_file))
+    assert after < before
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, 100, cfg) == pytest.approx(0.1)
+
+
+def test_scale_weights_and_bitwise_cross_entropy():
+    schedule = TINY.schedules["1:1"]
+    w = scale_weights(schedule, 1.0)
+    assert w.mean() == pytest.approx(1.0)
+    per_scale = [float(w[a:b].sum()) for a, b in zip([0, 1, 5, 21], [1, 5, 21, 85])]
+    assert schedule.seq_len == 85 and max(per_scale) == pytest.approx(min(per_scale), rel=1e-5)
+    assert scale_weights(schedule, 0.0).eq(1).all()
+    targets = torch.randint(0, 2, (2, 85, 8), dtype=torch.uint8)
+    confident = torch.stack([-10 * (targets.float() * 2 - 1), 10 * (targets.float() * 2 - 1)], dim=-1).view(2, 85, 16)
+    assert float(bitwise_cross_entropy(confident, targets, w)) < 1e-3
+    assert float(bitwise_cross_entropy(torch.zeros(2, 85, 16), targets, w)) == pytest.approx(0.6931, abs=1e-3)
+
+
+def test_global_batch_flips_do_not_depend_on_the_process_count():
+    cfg = SelfCorrection(num_scales=1, strength=0.3)
+    bits = torch.zeros(4, 3, 3, 8, dtype=torch.uint8)
+    whole = GlobalBatchFlips(cfg, torch.Generator().manual_seed(1), 4, slice(0, 4))(0, bits)
+    halves = [GlobalBatchFlips(cfg, torch.Generator().manual_seed(1), 4, rows)(0, bits[rows])
+              for rows in (slice(0, 2), slice(2, 4))]
+    assert torch.equal(whole, torch.cat(halves))
+    assert GlobalBatchFlips(cfg, torch.Generator(), 4, slice(0, 4))(1, bits) is None
+
+
+def test_background_mask_marks_objects():
+    img = -torch.ones(1, 3, 16, 16)
+    img[:, 0, 4:8, 4:8] = 1
+    mask = background_mask(img)
+    assert mask.sum() == 16 and mask[0, 0, 5, 5]
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAt:
+    """A task that raises at one step, like a process killed mid-run."""
+
+    def __init__(self, task, step):
+        self.task, self.step = task, step
+        self.model = task.model
+
+    def losses(self, step, dist):
+        if step == self.step:
+            raise _Killed
+        return self.task.losses(step, dist)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resumed_run_ends_in_the_same_state(tmp_path):
+    run = dict(steps=6, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=2, progress=False)
+    torch.manual_seed(0)
+    straight = _tokenizer_task()
+    train(straight, RunConfig(out_dir=str(tmp_path / "a"), **run), CPU)
+
+    torch.manual_seed(0)
+    with pytest.raises(_Killed):
+        train(_DiesAt(_tokenizer_task(), 5), RunConfig(out_dir=str(tmp_path / "b"), **run), CPU)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 4
+    torch.manual_seed(123)  # a fresh process: other initial weights, overwritten by the checkpoint
+    resumed = _tokenizer_task()
+    train(resumed, RunConfig(out_dir=str(tmp_path / "b"), resume=True, **run), CPU)
+
+    a, b = _state(straight.model), _state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    exported = load_model(tmp_path / "b" / "tokenizer.safetensors")
+    assert all(torch.equal(v, load_model(tmp_path / "a" / "tokenizer.safetensors").state_dict()[k])
+               for k, v in exported.state_dict().items())
+    assert list((tmp_path / "b" / "samples").glob("tokenizer_*.png"))
+    assert '"step": 6' in (tmp_path / "b" / "metrics.jsonl").read_text()
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    run = RunConfig(out_dir=str(tmp_path), steps=1, batch_size=2, progress=False)
+    train(_tokenizer_task(), run, CPU)
+    other = TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(entropy=0.5), "shapes", 2, 0, OptimConfig())
+    with pytest.raises(ValueError, match="another configuration"):
+        train(other, RunConfig(out_dir=str(tmp_path), steps=2, batch_size=2, resume=True, progress=False), CPU)
+
+
+def test_transformer_init_from_official_checkpoint(tmp_path):
+    from test_transformer_parity import TRANSFORMER_CASES, transformer_config
+
+    case = TRANSFORMER_CASES[0]
+    config = transformer_config(case.meta)
+    path = tmp_path / "official.pth"
+    torch.save(case.weights("model."), path)  # the released format: a plain state dict of official names
+    tok_cfg = TINY.tokenizer.__class__(**{**TINY.tokenizer.to_dict(), "bits": config.bits})
+    task = TransformerTask(config, BitwiseTokenizer(tok_cfg), "", "minilm", TINY.schedules, TransformerLoss(),
+                           "shapes", 2, 0, init_from=str(path))
+    official = case.weights("model.")
+    assert torch.equal(task.model.head.weight, official["head.weight"])
+    assert torch.equal(task.model.blocks[0].ffn.fc1.weight, official["block_chunks.0.module.0.ffn.fc1.weight"])
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    base = ["tokenizer", "--recipe", "shapes-tiny", "--out", str(out), "--warmup-steps", "1", "--no-progress",
+            "--threads", "1"]
+    return base + list(extra or ["--steps", "3", "--batch-size", "4", "--checkpoint-every", "1"])
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], processes: int = 1) -> None:
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", "29517"]
+    cmd = [sys.executable, *(launcher if processes > 1 else []), "-m", "infinity.train", *args]
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [m["loss"] for m in lines if "loss" in m]
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    # Same global batch, same seed: the loss of every step agrees (parameters are not compared: Adam turns the
+    # rounding noise of gradients that are zero in exact arithmetic, e.g. of biases before a GroupNorm, into
+    # full-size steps that do not change the function). The entropy penalty's codebook term is a statistic of
+    # each process's batch (as in the official trainer), so it is off here.
+    tok = ["--steps", "3", "--batch-size", "4", "--checkpoint-every", "2", "--log-every", "1",
+           "--entropy-weight", "0", "--crop-size", "16"]
+    _run(_cli(tmp_path / "tok1", *tok))
+    _run(_cli(tmp_path / "tok2", *tok), processes=2)
+    assert len(_losses(tmp_path / "tok1")) == 3
+    assert _losses(tmp_path / "tok1") == pytest.approx(_losses(tmp_path / "tok2"), rel=1e-4)
+    assert load_checkpoint(tmp_path / "tok2" / "checkpoint.pt")["step"] == 3
+
+    # The transformer with self-correction flips and condition dropout, drawn for the global batch.
+    tokenizer = str(tmp_path / "tok1" / "tokenizer.safetensors")
+    tr = ["--steps", "3", "--batch-size", "4", "--tokenizer", tokenizer, "--self-correction-scales", "2",
+          "--cond-dropout", "0.5", "--warmup-steps", "1", "--log-every", "1", "--no-progress", "--threads", "1"]
+    _run(["transformer", "--recipe", "shapes-tiny", "--out", str(tmp_path / "tr1"), *tr])
+    _run(["transformer", "--recipe", "shapes-tiny", "--out", str(tmp_path / "tr2"), *tr], processes=2)
+    assert _losses(tmp_path / "tr1") == pytest.approx(_losses(tmp_path / "tr2"), rel=1e-4)
+    assert len(_losses(tmp_path / "tr1")) == 3
+
+
+def test_killed_process_leaves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "infinity.train",
+                             *_cli(out, "--steps", "1000", "--batch-size", "2", "--checkpoint-every", "1")],
+                            env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt.is_file() and load_checkpoint(ckpt)["step"] >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(ckpt)  # whatever moment the kill hit, the file on disk is a whole checkpoint
+    assert state["step"] >= 3
+    resumed = subprocess.run([sys.executable, "-m", "infinity.train",
+                              *_cli(out, "--steps", str(state["step"] + 1), "--batch-size", "2", "--resume")],
+                             env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "infinity.train",
+                          *_cli(tmp_path, "--steps", "1", "--data", "nope.jsonl")],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
