@@ -251,3 +251,24 @@ def test_cli_errors_are_one_line(tmp_path):
                           *_cli(tmp_path, "--steps", "1", "--data", "nope.jsonl")],
                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_index_head_trains_on_the_index_of_the_bits(tiny_tokenizer_file):
+    from dataclasses import replace
+
+    from infinity.train.transformer_trainer import bits_to_index, index_cross_entropy, predicted_bits
+
+    bits = torch.tensor([[[1, 0, 1], [0, 1, 1]]])
+    assert bits_to_index(bits).tolist() == [[5, 6]]
+    logits = torch.full((1, 2, 8), -20.0)
+    logits[0, 0, 5] = logits[0, 1, 6] = 20.0
+    assert torch.equal(predicted_bits(logits, 3, "index"), bits)
+    assert float(index_cross_entropy(logits, bits, torch.ones(2))) < 1e-6
+
+    torch.manual_seed(0)
+    task = _transformer_task(tiny_tokenizer_file)
+    task.config = replace(task.config, head="index")
+    task.model = type(task.model)(task.config)
+    assert task.model.head.out_features == 2**8
+    before, after = _one_step_lowers_loss(task)
+    assert after < before

@@ -6,6 +6,7 @@ Runs as one process (CPU or one GPU) or under torchrun (gloo on CPU, NCCL on GPU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -85,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cond-dropout", type=float, default=0.1,
                    help="fraction of prompts dropped for classifier-free guidance (default: %(default)s)")
     t.add_argument("--sample-cfg", type=float, default=3.0, help="CFG of the sample grids (default: %(default)s)")
+    t.add_argument("--head", choices=("bits", "index"), default="bits",
+                   help="bits: the paper's bitwise classifier; index: a softmax over all 2^d indices, VAR-style, "
+                        "for comparison at small d (default: %(default)s)")
+
+    ex = sub.add_parser("export", help="assemble a model folder for InfinityPipeline from trained weights")
+    ex.add_argument("--recipe", default="shapes-small", choices=sorted(RECIPES), help="(default: %(default)s)")
+    ex.add_argument("--tokenizer", required=True, help="tokenizer.safetensors written by the tokenizer trainer")
+    ex.add_argument("--transformer", required=True, help="transformer.safetensors written by the transformer trainer")
+    ex.add_argument("--out", required=True, help="the model folder to write (e.g. assets/embedded)")
+    ex.add_argument("--cfg", type=float, default=3.0, help="default guidance weight (default: %(default)s)")
+    ex.add_argument("--tau", type=float, default=1.0, help="default temperature (default: %(default)s)")
+    ex.add_argument("--example", action="append", default=[], help="an example prompt for the app (repeatable)")
     return parser
 
 
@@ -117,13 +130,36 @@ def _task(args: argparse.Namespace, run: RunConfig):
         scale_weight_power=args.scale_weight_power, self_correction_scales=args.self_correction_scales,
         self_correction_strength=args.self_correction_strength, cond_dropout=args.cond_dropout,
     )
-    return TransformerTask(recipe.transformer, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
+    config = dataclasses.replace(recipe.transformer, head=args.head)
+    return TransformerTask(config, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
                            args.data, args.batch_size, args.seed, init_from=args.init_from, sample_cfg=args.sample_cfg)
+
+
+def export(args: argparse.Namespace) -> None:
+    """Tokenizer + transformer + MiniLM + the recipe's schedules + sampling defaults -> a pipeline folder."""
+    from ..pipeline import InfinityPipeline, SamplingDefaults
+    from .transformer_trainer import load_text_encoder
+
+    recipe = RECIPES[args.recipe]
+    tokenizer, transformer = load_model(args.tokenizer), load_model(args.transformer)
+    if (tokenizer.config, transformer.config) != (recipe.tokenizer, recipe.transformer):
+        raise ValueError(f"the weights are not those of the recipe {args.recipe}")
+    text = load_text_encoder(recipe.text_encoder, torch.device("cpu"), recipe.transformer.text_maxlen)
+    pipe = InfinityPipeline(tokenizer, transformer, text, recipe.schedules, SamplingDefaults(cfg=args.cfg, tau=args.tau),
+                            name=args.recipe, device="cpu", dtype=torch.float32, examples=args.example)
+    logger.info("wrote %s", pipe.save_pretrained(args.out))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.command == "export":
+        try:
+            export(args)
+        except (ValueError, FileNotFoundError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     dist = None

@@ -122,7 +122,7 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
         done = step + 1
         if done % run.log_every == 0 or done == run.steps:
             elapsed = time.perf_counter() - window_t0
-            metrics = dist.mean({"loss": float(loss), **step_metrics})
+            metrics = dist.mean({"loss": float(loss.detach()), **step_metrics})
             metrics.update(lr=lr, grad_norm=grad_norm, items_per_s=window_items / max(elapsed, 1e-9))
             log.log(done, metrics)
             window_items, window_t0 = 0, time.perf_counter()

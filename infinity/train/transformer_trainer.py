@@ -4,7 +4,7 @@ Per batch: a frozen tokenizer encodes the images; the multi-scale quantizer, wit
 flips a random fraction of the bits of the first scales and re-quantizes the later residuals (paper
 Algorithm 4), which gives both the inputs and the targets; a fraction of the prompts is replaced by the learned
 empty prompt (classifier-free guidance); the loss is the cross-entropy of each of the d bits (the
-Infinite-Vocabulary Classifier), every token of scale k weighted by l_k^-power (power 0: all tokens equal;
+Infinite-Vocabulary Classifier; or, with an index-wise head, of the 2^d-way index), every token of scale k weighted by l_k^-power (power 0: all tokens equal;
 1: every scale counts as much as any other, however few tokens it has).
 
 Legend: B batch (this process), G global batch, L tokens of all scales, d bits, V logits per token, T text tokens.
@@ -75,6 +75,29 @@ def bitwise_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, w
     logp_BLd2 = logits_BLV.float().view(B, L, d, 2).log_softmax(dim=-1)
     nll_BLd = -logp_BLd2.gather(-1, targets_BLd.long().unsqueeze(-1)).squeeze(-1)
     return (nll_BLd.mean(dim=-1) * weights_L.to(nll_BLd.device)).mean()
+
+
+def bits_to_index(bits_BLd: torch.Tensor) -> torch.Tensor:
+    """(B, L, d) {0,1} -> (B, L) index sum_j bit_j * 2^j (the class of an index-wise head)."""
+    weights_d = 2 ** torch.arange(bits_BLd.shape[-1], device=bits_BLd.device)
+    return (bits_BLd.long() * weights_d).sum(-1)
+
+
+def index_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
+    """The index-wise head's loss: weighted mean over tokens of -log p(index of the target bits)."""
+    B, L, V = logits_BLV.shape
+    nll_BL = torch.nn.functional.cross_entropy(
+        logits_BLV.float().reshape(B * L, V), bits_to_index(targets_BLd).reshape(B * L), reduction="none"
+    ).view(B, L)
+    return (nll_BL * weights_L.to(nll_BL.device)).mean()
+
+
+def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
+    """The most likely bits (B, L, d) under either head."""
+    if head == "bits":
+        return logits_BLV.view(*logits_BLV.shape[:2], d, 2).argmax(-1)
+    index_BL = logits_BLV.argmax(-1)
+    return (index_BL[..., None] >> torch.arange(d, device=index_BL.device)) & 1
 
 
 def load_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:
@@ -159,10 +182,11 @@ class TransformerTask:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits_BLV = self.wrapped(text_BTE, lens_B, x_BLd, schedule, drop_text_B=drop_B)
         weights_L = scale_weights(schedule, self.loss_cfg.scale_weight_power)
-        loss = bitwise_cross_entropy(logits_BLV, targets_BLd, weights_L)
+        head = self.config.head
+        loss = (bitwise_cross_entropy if head == "bits" else index_cross_entropy)(logits_BLV, targets_BLd, weights_L)
         with torch.no_grad():
             B, L, d = targets_BLd.shape
-            correct_BL = (logits_BLV.view(B, L, d, 2).argmax(-1) == targets_BLd).float().mean(-1)
+            correct_BL = (predicted_bits(logits_BLV, d, head) == targets_BLd).float().mean(-1)
             coarse = sum(h * w for h, w in schedule.scales[:3])
             metrics = {"acc": float(correct_BL.mean()), "acc_coarse": float(correct_BL[:, :coarse].mean())}
         return loss, metrics, x.shape[0]

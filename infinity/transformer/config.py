@@ -3,13 +3,18 @@
 Architecture choices that are not options (every released model uses them, the paper describes them):
 cosine self-attention with a learned per-head scale, 2-D RoPE normalised to the largest grid of the
 aspect ratio, one AdaLN shared by all blocks (plus a per-block learned offset), level embedding added
-once before the first block, the bitwise head of the Infinite-Vocabulary Classifier (2 logits per bit).
+once before the first block. The head is the Infinite-Vocabulary Classifier (2 logits per bit) of every
+released model; `head="index"` swaps in a softmax over all 2^d indices (VAR-style) for comparisons at small d.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..configs import JsonConfig
+
+
+HEADS = ("bits", "index")
+MAX_INDEX_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class TransformerConfig(JsonConfig):
     mlp_ratio: float = 4.0  # FFN hidden width = round(width * mlp_ratio / 256) * 256
     max_scales: int = 15  # rows of the level embedding (one per scale index)
     drop_path_rate: float = 0.1  # stochastic depth of the last block in training (linear from 0 at block 0)
+    head: str = "bits"  # "bits": the paper's d binary classifiers; "index": VAR-style softmax over 2^d (small d)
 
     def __post_init__(self) -> None:
         if min(self.depth, self.width, self.num_heads, self.bits, self.text_channels, self.text_maxlen) < 1:
@@ -39,6 +45,10 @@ class TransformerConfig(JsonConfig):
             )
         if self.ffn_hidden < 1:
             raise ValueError(f"FFN hidden width rounds to 0 (width {self.width}, mlp_ratio {self.mlp_ratio})")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "index" and self.bits > MAX_INDEX_BITS:
+            raise ValueError(f"an index-wise head over 2^{self.bits} classes is too large (at most {MAX_INDEX_BITS} bits)")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
@@ -52,8 +62,8 @@ class TransformerConfig(JsonConfig):
 
     @property
     def vocab(self) -> int:
-        """V: logits per token, two per bit (score of 0, score of 1)."""
-        return 2 * self.bits
+        """V: logits per token: two per bit (score of 0, score of 1), or one per index (sum of bit_j * 2^j)."""
+        return 2 * self.bits if self.head == "bits" else 2**self.bits
 
     @property
     def _text_pool_head_size(self) -> int:
