@@ -98,6 +98,20 @@ def sample_bits(
     return torch.multinomial(probs_N2, 1, generator=generator).view(B, l, V // 2).to(torch.uint8)
 
 
+def sample_index_bits(
+    logits_BlV: torch.Tensor, d: int, top_k: int = 0, top_p: float = 0.0, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index-wise head (V = 2^d): draw one index per token, return its bits (B, l, d) uint8 and p(bit = 1)."""
+    B, l, V = logits_BlV.shape
+    logits_NV = logits_BlV.float().reshape(-1, V)
+    index_N1 = torch.multinomial(filter_logits(logits_NV, top_k, top_p).softmax(dim=-1), 1, generator=generator)
+    shifts_d = torch.arange(d, device=logits_BlV.device)
+    table_Vd = ((torch.arange(V, device=logits_BlV.device)[:, None] >> shifts_d) & 1).float()
+    probs_Bld = (logits_NV.softmax(dim=-1) @ table_Vd).view(B, l, d)  # marginal of each bit
+    bits_Bld = ((index_N1 >> shifts_d) & 1).view(B, l, d).to(torch.uint8)
+    return bits_Bld, probs_Bld
+
+
 def flip_fraction(bits_Bhwd: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """The bits with exactly round(fraction * numel) of them, chosen uniformly with `seed`, inverted."""
     n = round(fraction * bits_Bhwd.numel())
@@ -233,8 +247,12 @@ def sample_scales(
             logits_BlV = cfg_K[k] * raw_BlV[:B] + (1 - cfg_K[k]) * raw_BlV[B:]
         else:
             logits_BlV = raw_BlV[:B]
-        probs_Bhwd = logits_BlV.view(B, h, w, d, 2).softmax(dim=-1)[..., 1]
-        bits_Bhwd = sample_bits(logits_BlV, top_k, top_p, generator).view(B, h, w, d)
+        if model.config.head == "index":
+            bits_Bld, probs_Bld = sample_index_bits(logits_BlV, d, top_k, top_p, generator)
+            bits_Bhwd, probs_Bhwd = bits_Bld.view(B, h, w, d), probs_Bld.view(B, h, w, d)
+        else:
+            probs_Bhwd = logits_BlV.view(B, h, w, d, 2).softmax(dim=-1)[..., 1]
+            bits_Bhwd = sample_bits(logits_BlV, top_k, top_p, generator).view(B, h, w, d)
         if k < len(prefix_bits):
             bits_Bhwd = prefix_bits[k].to(device=bits_Bhwd.device, dtype=torch.uint8)
         if intervention is not None and intervention.scale_index == k:

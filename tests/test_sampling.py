@@ -255,3 +255,24 @@ def test_bad_text_and_tokenizer_raise(tiny):
     other = BitwiseTokenizer(replace(TINY_TOKENIZER, bits=16))
     with pytest.raises(ValueError, match="16 bits per token"):
         next(sample_scales(model, other, text_BTE, lens_B, SCHEDULE))
+
+
+def test_index_head_samples_bits_from_indices():
+    from infinity.sampling import sample_index_bits
+
+    logits = torch.full((1, 2, 8), -30.0)
+    logits[0, 0, 5] = logits[0, 1, 3] = 30.0  # 5 = 0b101, 3 = 0b011
+    bits, probs = sample_index_bits(logits, 3, generator=torch.Generator().manual_seed(0))
+    assert bits.tolist() == [[[1, 0, 1], [1, 1, 0]]]
+    assert torch.allclose(probs, bits.float(), atol=1e-6)
+    uniform_bits, uniform_probs = sample_index_bits(torch.zeros(2, 50, 16), 4)
+    assert uniform_bits.shape == (2, 50, 4) and torch.allclose(uniform_probs, torch.full_like(uniform_probs, 0.5))
+
+
+def test_index_head_model_generates_end_to_end(tiny):
+    _, tokenizer, text_BTE, lens_B = tiny
+    torch.manual_seed(0)
+    model = Infinity(replace(TINY_MODEL, head="index")).eval()
+    events = run((model, tokenizer, text_BTE, lens_B))
+    assert len(events) == SCHEDULE.num_scales and events[-1].image_B3HW is not None
+    assert all(e.bits_Bhwd.shape[-1] == TINY_MODEL.bits for e in events)
