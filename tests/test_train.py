@@ -272,3 +272,26 @@ def test_index_head_trains_on_the_index_of_the_bits(tiny_tokenizer_file):
     assert task.model.head.out_features == 2**8
     before, after = _one_step_lowers_loss(task)
     assert after < before
+
+
+def test_tokenizer_trains_on_a_jsonl_dataset_skipping_bad_lines(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    lines = []
+    for i, (h, w) in enumerate([(64, 64), (40, 60), (64, 64), (80, 120)]):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append({"image_path": f"{i}.png", "h_div_w": h / w, "text": f"image {i}"})
+    lines.append({"image_path": "missing.png", "h_div_w": 1.0, "text": "gone"})
+    lines.append({"image_path": "0.png", "h_div_w": 3.0, "text": "no bucket this tall"})
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    task = TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(), str(tmp_path / "data.jsonl"), 2, 0,
+                         OptimConfig())
+    assert [line for line, _ in task.source.dataset.skipped] == [5, 6, 7]
+    task.setup(CPU, task.model)
+    aspects = set()
+    for step in range(6):
+        loss, metrics, n = task.losses(step, CPU)
+        assert torch.isfinite(loss) and n == 2
+        aspects.add(task.source.batch(step, 2, slice(0, 2)).aspect_ratio)
+    assert aspects == {"1:1", "3:2"}
