@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -29,7 +30,7 @@ from PIL import Image
 
 from .checkpoints import CheckpointError, load_model, load_official_tokenizer, load_official_transformer, save_model
 from .images import fit, to_pil, to_tensor
-from .sampling import Intervention, ScaleEvent, sample_scales
+from .sampling import Intervention, ScaleEvent, StageTimer, sample_scales, untimed
 from .schedules import ASPECT_RATIOS, Schedule, get_schedule
 from .text import FLAN_T5_XL, MiniLMTextEncoder, T5TextEncoder, TextEncoder
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
@@ -45,6 +46,7 @@ PIPELINE_FILE, TOKENIZER_FILE, TRANSFORMER_FILE = "pipeline.json", "tokenizer.sa
 FORMAT, FORMAT_VERSION = "infinity-pipeline", 1
 MAX_PROMPT_CHARS = 2000  # longer prompts are refused; within it the text encoder truncates to its max_length tokens
 MAX_SEED = 2**63 - 1
+PROMPT_CACHE_SIZE = 8  # prompts whose text features a pipeline keeps (a few KB to a few MB each)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -233,6 +235,7 @@ class InfinityPipeline:
         self.tokenizer = tokenizer.to(self.device).eval()
         self.text_encoder, self.offload_text_encoder = text_encoder, offload_text_encoder
         self.defaults, self.name, self.examples = defaults, name, tuple(examples)
+        self._prompts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # see encode_prompt
 
     # ---- loading and saving ----
 
@@ -344,7 +347,14 @@ class InfinityPipeline:
         return self.schedules[aspect_ratio]
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text features (1, T, E) and length (1,) of one prompt, on the pipeline's device."""
+        """Text features (1, T, E) and length (1,) of one prompt, on the pipeline's device.
+
+        The last PROMPT_CACHE_SIZE prompts are remembered: generating again with another seed or option (what
+        the app does most) skips the text encoder. The tensors are shared: treat them as read-only.
+        """
+        if prompt in self._prompts:
+            self._prompts.move_to_end(prompt)
+            return self._prompts[prompt]
         if self.offload_text_encoder:
             self.text_encoder.to(self.device)
         try:
@@ -352,7 +362,10 @@ class InfinityPipeline:
         finally:
             if self.offload_text_encoder:
                 self.text_encoder.to("cpu")
-        return text_BTE.to(self.device), lens_B.to(self.device)
+        self._prompts[prompt] = text_BTE.to(self.device), lens_B.to(self.device)
+        while len(self._prompts) > PROMPT_CACHE_SIZE:
+            self._prompts.popitem(last=False)
+        return self._prompts[prompt]
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, aspect_ratio: str = "1:1") -> list[torch.Tensor]:
@@ -379,12 +392,14 @@ class InfinityPipeline:
         preview: bool = True,
         prefix_bits: Sequence[torch.Tensor] | None = None,
         intervention: Intervention | None = None,
+        timer: StageTimer | None = None,
     ) -> Iterator[ScaleEvent]:
         """The sampler's events, one per scale (see `sample_scales`); inputs are checked and the prompts encoded
         now, the scales run as the iterator is consumed.
 
         Options left at None take the model's defaults; a cfg_schedule / tau_schedule (one value per scale)
         replaces cfg / tau. An empty negative prompt means the learned unconditional text (as released).
+        timer: entered around the text encoding (`"text_encoding"`) and every stage of the sampler (benchmarks).
         """
         # 1. Check the inputs.
         check_inputs(prompt, negative_prompt, cfg, tau, top_k, top_p, seed)
@@ -392,15 +407,17 @@ class InfinityPipeline:
         options = self._sampling_options(schedule.num_scales, cfg, tau, top_k, top_p, cfg_schedule, tau_schedule)
 
         # 2. Encode the prompts.
-        text_BTE, lens_B = self.encode_prompt(prompt)
-        negative_BTE, negative_lens_B = self.encode_prompt(negative_prompt) if negative_prompt.strip() else (None, None)
+        with (timer or untimed)("text_encoding", None):
+            text_BTE, lens_B = self.encode_prompt(prompt)
+            negative = self.encode_prompt(negative_prompt) if negative_prompt.strip() else (None, None)
+        negative_BTE, negative_lens_B = negative
 
         # 3. Sample. The official sampler returns BGR uint8; ours gives RGB in [-1, 1], nothing to swap.
         return sample_scales(
             self.transformer, self.tokenizer, text_BTE, lens_B, schedule,
             generator=torch.Generator(self.device).manual_seed(seed),
             negative_text_BTE=negative_BTE, negative_lens_B=negative_lens_B,
-            prefix_bits=prefix_bits, intervention=intervention, preview=preview, **options,
+            prefix_bits=prefix_bits, intervention=intervention, preview=preview, timer=timer, **options,
         )
 
     def __call__(

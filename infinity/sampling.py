@@ -13,6 +13,14 @@ Per scale k (paper Sec. 3.1 and Algorithm 2 of the official inference):
      scale k+1's input is F resized bilinearly to its grid.
 The app, the CLI and the tests all consume the same `ScaleEvent` stream.
 
+Previews (optional) are cheap on purpose: F_k holds detail only down to scale k's grid, so it is area-resized to
+that grid (at most half the last grid per side) before decoding, and the decoded image is upsampled to the full
+size. Decoding costs the area of the grid, so all previews together cost about one full decode or less instead
+of one per scale (the last event's preview is the final image itself). `preview_grid` gives the grid.
+
+`timer` (optional) is entered around every stage, `with timer(stage, scale_index):`, with the stages of
+`STAGES`; `python -m infinity.bench` uses it to time each stage without a second copy of this loop.
+
 Spatial patchify (Infinity-8B): when a transformer token carries s*s times the tokenizer's bits (56 = 4 * 14),
 the schedule's grids are token grids and the tokenizer works at s times their size, as in the official code:
 a scale's bits (B, h, w, s*s*d') are unpatchified to the tokenizer's (B, s*h, s*w, d') before step 5, F lives
@@ -22,7 +30,8 @@ from the two models' bit counts (`spatial_patch`); with s = 1 all of this is the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +39,48 @@ import torch
 from .schedules import Schedule
 from .tokenizer import BitwiseTokenizer
 from .tokenizer.model import latent_scales, spatial_patch, unpatchify_bits
-from .tokenizer.quantizer import bilinear_resize
+from .tokenizer.quantizer import Grid, area_resize, bilinear_resize
 from .transformer import Infinity
 
 logger = logging.getLogger(__name__)
+
+# What `timer` is entered around, in order; the per-scale ones get the scale index, the others None.
+STAGES = (
+    "conditioning",  # text conditioning of both CFG halves (norm, SOS pool, cross-attention features), KV cache
+    "transformer",  # model.step: one scale's logits, both CFG halves
+    "sampling",  # CFG combine, probabilities, bit draws, prefix and intervention
+    "update",  # bits -> codes, F_k, the next scale's input
+    "preview",  # the preview decode of a scale before the last
+    "decode",  # the decode of F_K into the image
+)
+StageTimer = Callable[[str, "int | None"], AbstractContextManager]
+
+
+def untimed(stage: str, scale_index: int | None = None) -> AbstractContextManager:
+    """The timer that times nothing (the default)."""
+    return nullcontext()
+
+
+def preview_grid(hw: Grid, full: Grid) -> Grid:
+    """The latent grid a preview of the scale with latent grid `hw` is decoded at: that grid, at most half of the
+    full grid per side (rounded up) and at least 2 cells per side (the decoder's group norms need more than one
+    value per group). The decoder's cost is proportional to the area, so the previews of a whole schedule cost
+    about one full decode or less (0.73 for the 0.06M schedules, 1.1 for the 13 scales of 1M)."""
+
+    def side(n: int, full_n: int) -> int:
+        low = min(2, full_n)
+        return min(max(n, low), max(low, -(-full_n // 2)))
+
+    return side(hw[0], full[0]), side(hw[1], full[1])
+
+
+def decode_preview(tokenizer: BitwiseTokenizer, F_BdHW: torch.Tensor, hw: Grid) -> torch.Tensor:
+    """A quick look at F_k (B, d, H, W) after the scale with latent grid `hw`: the image (B, 3, H*p, W*p) in
+    [-1, 1] of F_k area-resized to `preview_grid(hw)`, decoded, and upsampled bilinearly to the full size."""
+    full = tuple(F_BdHW.shape[-2:])
+    image_B3hw = tokenizer.decode(area_resize(F_BdHW, preview_grid(hw, full)))
+    p = tokenizer.config.patch_size
+    return bilinear_resize(image_B3hw, (full[0] * p, full[1] * p)).clamp(-1, 1)
 
 
 @dataclass(frozen=True)
@@ -55,7 +102,7 @@ class ScaleEvent:
     probs_Bhwd: torch.Tensor  # p(bit = 1) after CFG and tau, before top-k/top-p: the model's uncertainty
     logits_BlV: torch.Tensor  # the CFG-combined, tau-scaled logits the bits were drawn from
     F_BdHW: torch.Tensor  # running sum of the codes of scales 0..k at the full latent grid (tokenizer bits)
-    preview_B3HW: torch.Tensor | None = None  # decode of F_k in [-1, 1], when previews were asked for
+    preview_B3HW: torch.Tensor | None = None  # a quick decode of F_k in [-1, 1] (`decode_preview`), when asked for
     image_B3HW: torch.Tensor | None = None  # decode of F_K in [-1, 1], on the last event only
     spatial_patch: int = 1  # s: latent cells per token side (2 for Infinity-8B)
 
@@ -194,6 +241,7 @@ def sample_scales(
     prefix_bits: Sequence[torch.Tensor] | None = None,
     intervention: Intervention | None = None,
     preview: bool = False,
+    timer: StageTimer | None = None,
 ) -> Iterator[ScaleEvent]:
     """Sample the bits of every scale of `schedule`, yielding a `ScaleEvent` after each.
 
@@ -206,7 +254,8 @@ def sample_scales(
         still drawn (and discarded) there, so the later scales see the same random stream as a run without it.
         They are per transformer token, as in the events (`patchify_bits` turns tokenizer bits into these).
     intervention: flip a fraction of one scale's bits before they enter F.
-    preview: decode F_k into an image at every scale (the last event always carries the image).
+    preview: a quick decode of F_k at every scale (`decode_preview`); the last event always carries the image.
+    timer: entered as `with timer(stage, scale_index):` around each stage of `STAGES` (for benchmarks).
     """
     K = schedule.num_scales
     cfg_K = _per_scale("cfg_schedule", cfg if cfg_schedule is None else cfg_schedule, K)
@@ -216,6 +265,7 @@ def sample_scales(
     B, d, s = text_BTE.shape[0], model.config.bits, spatial_patch(model.config.bits, tokenizer.bits)
     full = latent_scales([schedule.latent_hw], s)[0]  # the tokenizer's grid: s times the last token grid
     dtype = model.pos_start.dtype
+    stage = timer or untimed
 
     if negative_text_BTE is not None:
         if negative_lens_B is None:
@@ -226,50 +276,61 @@ def sample_scales(
 
     # 1. Text: guidance doubles the batch as [prompts; unconditional] once for all scales (as released).
     guided = any(c != 1 for c in cfg_K)
-    if guided and negative_text_BTE is not None:
-        T = max(text_BTE.shape[1], negative_text_BTE.shape[1])
-        text_BTE = torch.cat([_pad_tokens(text_BTE, T), _pad_tokens(negative_text_BTE, T)])
-        lens_B = torch.cat([text_lens_B, negative_lens_B])
-    elif guided:
-        text_BTE = torch.cat([text_BTE, model.null_text(text_lens_B, text_BTE.shape[1])])
-        lens_B = torch.cat([text_lens_B, text_lens_B])
-    else:
-        lens_B = text_lens_B
-    text = model.encode_text(text_BTE.to(dtype), lens_B)
-    cache = model.new_cache(text_BTE.shape[0], schedule)
+    with stage("conditioning", None):
+        if guided and negative_text_BTE is not None:
+            T = max(text_BTE.shape[1], negative_text_BTE.shape[1])
+            text_BTE = torch.cat([_pad_tokens(text_BTE, T), _pad_tokens(negative_text_BTE, T)])
+            lens_B = torch.cat([text_lens_B, negative_lens_B])
+        elif guided:
+            text_BTE = torch.cat([text_BTE, model.null_text(text_lens_B, text_BTE.shape[1])])
+            lens_B = torch.cat([text_lens_B, text_lens_B])
+        else:
+            lens_B = text_lens_B
+        text = model.encode_text(text_BTE.to(dtype), lens_B)
+        cache = model.new_cache(text_BTE.shape[0], schedule)
 
     # 2. Scales, coarse to fine.
     F_BdHW = torch.zeros(B, tokenizer.bits, *full, device=text_BTE.device)
     x_Bld = None
     for k, (h, w) in enumerate(schedule.scales):
-        raw_BlV = model.step(k, x_Bld, text, cache, schedule).float() / tau_K[k]
-        if cfg_K[k] != 1:
-            logits_BlV = cfg_K[k] * raw_BlV[:B] + (1 - cfg_K[k]) * raw_BlV[B:]
-        else:
-            logits_BlV = raw_BlV[:B]
-        if model.config.head == "index":
-            bits_Bld, probs_Bld = sample_index_bits(logits_BlV, d, top_k, top_p, generator)
-            bits_Bhwd, probs_Bhwd = bits_Bld.view(B, h, w, d), probs_Bld.view(B, h, w, d)
-        else:
-            probs_Bhwd = logits_BlV.view(B, h, w, d, 2).softmax(dim=-1)[..., 1]
-            bits_Bhwd = sample_bits(logits_BlV, top_k, top_p, generator).view(B, h, w, d)
-        if k < len(prefix_bits):
-            bits_Bhwd = prefix_bits[k].to(device=bits_Bhwd.device, dtype=torch.uint8)
-        if intervention is not None and intervention.scale_index == k:
-            bits_Bhwd = flip_fraction(bits_Bhwd, intervention.fraction, intervention.seed)
-            logger.info("scale %d: flipped %.1f%% of the bits", k, 100 * intervention.fraction)
+        with stage("transformer", k):
+            raw_BlV = model.step(k, x_Bld, text, cache, schedule)
+        with stage("sampling", k):
+            raw_BlV = raw_BlV.float() / tau_K[k]
+            if cfg_K[k] != 1:
+                logits_BlV = cfg_K[k] * raw_BlV[:B] + (1 - cfg_K[k]) * raw_BlV[B:]
+            else:
+                logits_BlV = raw_BlV[:B]
+            if model.config.head == "index":
+                bits_Bld, probs_Bld = sample_index_bits(logits_BlV, d, top_k, top_p, generator)
+                bits_Bhwd, probs_Bhwd = bits_Bld.view(B, h, w, d), probs_Bld.view(B, h, w, d)
+            else:
+                probs_Bhwd = logits_BlV.view(B, h, w, d, 2).softmax(dim=-1)[..., 1]
+                bits_Bhwd = sample_bits(logits_BlV, top_k, top_p, generator).view(B, h, w, d)
+            if k < len(prefix_bits):
+                bits_Bhwd = prefix_bits[k].to(device=bits_Bhwd.device, dtype=torch.uint8)
+            if intervention is not None and intervention.scale_index == k:
+                bits_Bhwd = flip_fraction(bits_Bhwd, intervention.fraction, intervention.seed)
+                logger.info("scale %d: flipped %.1f%% of the bits", k, 100 * intervention.fraction)
 
-        # bilinear_resize is the identity at the full grid, so the last scale is added without interpolation.
-        codes_Bdhw = tokenizer.bits_to_codes(unpatchify_bits(bits_Bhwd, s)).to(F_BdHW.device)
-        F_BdHW = F_BdHW + bilinear_resize(codes_Bdhw, full)
-        if k + 1 < K:
-            x_Bld = tokenizer.next_scale_input(F_BdHW, schedule.scales[k + 1], s).to(dtype)
-            x_Bld = x_Bld.repeat(text_BTE.shape[0] // B, 1, 1)  # the same image input for both CFG halves
-        last = k + 1 == K
-        image = tokenizer.decode(F_BdHW) if (preview or last) else None
+        with stage("update", k):
+            # bilinear_resize is the identity at the full grid, so the last scale is added without interpolation.
+            codes_Bdhw = tokenizer.bits_to_codes(unpatchify_bits(bits_Bhwd, s)).to(F_BdHW.device)
+            F_BdHW = F_BdHW + bilinear_resize(codes_Bdhw, full)
+            if k + 1 < K:
+                x_Bld = tokenizer.next_scale_input(F_BdHW, schedule.scales[k + 1], s).to(dtype)
+                x_Bld = x_Bld.repeat(text_BTE.shape[0] // B, 1, 1)  # the same image input for both CFG halves
+        image = preview_B3HW = None
+        if k + 1 == K:
+            with stage("decode", k):
+                image = tokenizer.decode(F_BdHW)
+            preview_B3HW = image if preview else None
+        elif preview:
+            with stage("preview", k):
+                preview_B3HW = decode_preview(tokenizer, F_BdHW, (s * h, s * w))
         yield ScaleEvent(
             k, K, bits_Bhwd, probs_Bhwd, logits_BlV, F_BdHW,
-            preview_B3HW=image if preview else None, image_B3HW=image if last else None, spatial_patch=s,
+            preview_B3HW=preview_B3HW, image_B3HW=image, spatial_patch=s,
         )
 
 

@@ -216,20 +216,24 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Attention from image tokens to the (projected) text tokens of their own prompt."""
+    """Attention from image tokens to the (projected) text tokens of their own prompt; with a KV cache (sampling)
+    the text's keys/values are projected at the first scale only."""
 
-    def __init__(self, width: int, num_heads: int):
+    def __init__(self, width: int, num_heads: int, layer_index: int = 0):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.layer_index = num_heads, layer_index
         self.mat_q = nn.Linear(width, width)
         self.mat_kv = nn.Linear(width, 2 * width, bias=False)
         self.v_bias = nn.Parameter(torch.zeros(width))  # v has a bias, k none
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x_BlC: torch.Tensor, text_BTC: torch.Tensor, text_mask_BT: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_BlC: torch.Tensor, text_BTC: torch.Tensor, text_mask_BT: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         B, l, _ = x_BlC.shape
         q_BNlc = self.mat_q(x_BlC).view(B, l, self.num_heads, -1).transpose(1, 2)
-        k_BNTc, v_BNTc = text_keys_values(text_BTC, self.mat_kv, self.v_bias, self.num_heads)
+        project = functools.partial(text_keys_values, text_BTC, self.mat_kv, self.v_bias, self.num_heads)
+        k_BNTc, v_BNTc = project() if cache is None else cache.text_keys_values(self.layer_index, project)
         return self.proj(attention(q_BNlc, k_BNTc, v_BNTc, text_mask_BT[:, None, None, :]))
 
 
@@ -276,7 +280,7 @@ class Block(nn.Module):
         super().__init__()
         C = config.width
         self.sa = SelfAttention(config, layer_index)
-        self.ca = CrossAttention(C, config.num_heads)
+        self.ca = CrossAttention(C, config.num_heads, layer_index)
         self.ffn = FFN(C, config.ffn_hidden)
         self.ca_norm = nn.LayerNorm(C, eps=NORM_EPS)
         self.ada_gss = nn.Parameter(torch.zeros(1, 1, 6, C))
@@ -295,7 +299,7 @@ class Block(nn.Module):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + gss_B16C).unbind(2)  # (B, 1, C) each
         sa_BlC = self.sa(ada_layer_norm(x_BlC, scale1, shift1), rope, attn_mask_lL, cache)
         x_BlC = x_BlC + self.drop_path(sa_BlC * gamma1)
-        x_BlC = x_BlC + self.ca(self.ca_norm(x_BlC), *text)
+        x_BlC = x_BlC + self.ca(self.ca_norm(x_BlC), *text, cache)
         x_BlC = x_BlC + self.drop_path(self.ffn(ada_layer_norm(x_BlC, scale2, shift2)) * gamma2)
         return x_BlC
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The CPU figures of the README's Performance table, written to benchmarks/results/*.json.
+# The last command builds a random-weight Infinity-2B and a T5-XL-sized encoder: ~15 GB of RAM, minutes of CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=benchmarks/results
+python -m infinity.bench --preset embedded --device cpu --threads 1 --runs 20 --previews --json "$out/embedded_cpu_1thread.json"
+python -m infinity.bench --preset embedded --device cpu --runs 10 --previews --json "$out/embedded_cpu_2threads.json"
+python -m infinity.bench --preset infinity-2b --device cpu --budget 0.06M --runs 1 --json "$out/infinity2b_cpu.json"
