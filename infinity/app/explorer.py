@@ -1,0 +1,191 @@
+"""What the app computes with the model beyond one generation.
+
+Legend: B batch (1), d bits per latent cell, H/W the full latent grid, h/w one scale's grid, K scales.
+
+- `scale_preview`: what the image looks like after scale k: F_k decoded at that scale's grid, enlarged with
+  nearest neighbour to the output size (each latent cell a visible block, nothing invented between them).
+- `reconstruct`: an image's multi-scale reconstruction, F_k decoded after every scale, with PSNR (paper Fig. 3).
+- `tokenizer_self_correction`: what bitwise self-correction changes (paper Sec. 3.3, Algorithm 4). The same bits
+  of the first scales are flipped in two ways:
+    * without re-quantization: the flipped codes are summed into F, but the later scales keep the residuals and
+      bits of the clean encoding, so the errors stay in F_K;
+    * with re-quantization (Algorithm 4): every later residual is taken against the corrupted F, so the later
+      scales' bits are the ones that correct the earlier mistakes, and F_K comes back close to the clean one.
+- `generation_intervention`: the transformer's version of the same question: flip a fraction of the sampled bits
+  at one scale (an `Intervention`) and see how the later scales react, beside the clean run with the same seed.
+- `variations`: keep the first k scales of a result (or of an encoded image) and resample the rest.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from ..images import fit, psnr, to_tensor
+from ..pipeline import InfinityPipeline
+from ..sampling import Intervention, ScaleEvent
+from ..tokenizer.model import latent_scales
+from ..tokenizer.quantizer import Grid, area_resize
+from .views import tensor_to_pil, upscale_nearest
+
+CLEAN, PLAIN_FLIPS, REQUANTIZED = "clean", "flipped, not re-quantized", "flipped, re-quantized (Alg. 4)"
+
+
+def preview_grid(hw: Grid, full: Grid) -> Grid:
+    """The latent grid a preview of the scale with latent grid `hw` is decoded at: that grid, at most half the full
+    grid per side (the decoder's cost is its area, so all previews cost less than one full decode), at least 2x2
+    (a GroupNorm of one channel per group needs two values)."""
+    return tuple(max(min(a, -(-b // 2)), min(2, b)) for a, b in zip(hw, full))
+
+
+@torch.no_grad()
+def scale_preview(pipe: InfinityPipeline, event: ScaleEvent) -> Image.Image:
+    """The image after `event`'s scale at the output size: the final image on the last event; before it, F_k
+    area-resized to `preview_grid`, decoded, and enlarged with nearest neighbour."""
+    if event.image_B3HW is not None:
+        return tensor_to_pil(event.image_B3HW[0])
+    s, (h, w) = event.spatial_patch, event.bits_Bhwd.shape[1:3]
+    full = tuple(event.F_BdHW.shape[-2:])
+    small = pipe.tokenizer.decode(area_resize(event.F_BdHW, preview_grid((s * h, s * w), full)))
+    p = pipe.tokenizer.config.patch_size
+    return upscale_nearest(tensor_to_pil(small[0]), (full[1] * p, full[0] * p))
+
+
+@dataclass
+class Reconstruction:
+    """The decoded F_k after every scale of one encoding, and each one's PSNR (dB) against the input."""
+
+    images: list[Image.Image]
+    psnr: list[float]
+
+
+def nearest_aspect_ratio(pipe: InfinityPipeline, image: Image.Image) -> str:
+    """The model's aspect ratio closest to the image's (in log height/width)."""
+    def distance(name: str) -> float:
+        H, W = pipe.schedules[name].pixel_hw
+        return abs(math.log((H / W) / (image.height / image.width)))
+
+    return min(pipe.schedules, key=distance)
+
+
+def _fitted(pipe: InfinityPipeline, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, torch.Tensor]:
+    """The image resized and center-cropped to the aspect ratio's size, as PIL and as (1, 3, H, W) on the device."""
+    fitted = fit(image.convert("RGB"), pipe.schedule(aspect_ratio).pixel_hw)
+    return fitted, to_tensor(fitted).to(pipe.device)
+
+
+def _decode_all(pipe: InfinityPipeline, cumulative: Sequence[torch.Tensor], x_13HW: torch.Tensor) -> Reconstruction:
+    images, values = [], []
+    for F_1dHW in cumulative:
+        y_13HW = pipe.tokenizer.decode(F_1dHW)
+        images.append(tensor_to_pil(y_13HW[0]))
+        values.append(float(psnr(y_13HW, x_13HW)[0]))
+    return Reconstruction(images, values)
+
+
+@torch.no_grad()
+def reconstruct(pipe: InfinityPipeline, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, Reconstruction]:
+    """(the fitted input, its reconstruction after every scale)."""
+    fitted, x_13HW = _fitted(pipe, image, aspect_ratio)
+    scales = latent_scales(pipe.schedule(aspect_ratio).scales, pipe.spatial_patch)
+    codes = pipe.tokenizer.encode_scales(x_13HW, scales)
+    return fitted, _decode_all(pipe, codes.cumulative, x_13HW)
+
+
+def flip_masks(shapes: Sequence[torch.Size], num_scales: int, fraction: float, seed: int) -> list[torch.Tensor | None]:
+    """Per scale: a bool mask with exactly round(fraction * numel) True entries for the first `num_scales` scales,
+    None after. Drawn from the shapes alone (on the CPU, from `seed`), so both flip variants flip the same bits."""
+    g = torch.Generator().manual_seed(seed)
+    masks: list[torch.Tensor | None] = []
+    for k, shape in enumerate(shapes):
+        if k >= num_scales:
+            masks.append(None)
+            continue
+        n = int(torch.Size(shape).numel())
+        flat = torch.zeros(n, dtype=torch.bool)
+        flat[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
+        masks.append(flat.view(shape))
+    return masks
+
+
+@dataclass
+class SelfCorrectionResult:
+    input: Image.Image  # the fitted input
+    series: dict[str, Reconstruction]  # CLEAN, PLAIN_FLIPS, REQUANTIZED
+    flipped: list[int]  # bits flipped at each scale
+
+
+@torch.no_grad()
+def tokenizer_self_correction(
+    pipe: InfinityPipeline, image: Image.Image, aspect_ratio: str, flip_scales: int, fraction: float, seed: int
+) -> SelfCorrectionResult:
+    """F_k series of the clean encoding and of the two ways of flipping `fraction` of the bits of the first
+    `flip_scales` scales (see the module docstring)."""
+    fitted, x_13HW = _fitted(pipe, image, aspect_ratio)
+    tok = pipe.tokenizer
+    scales = latent_scales(pipe.schedule(aspect_ratio).scales, pipe.spatial_patch)
+    f_BdHW = tok.encode(x_13HW)
+    clean = tok.quantize(f_BdHW, scales)
+    masks = flip_masks([b.shape for b in clean.bits], flip_scales, fraction, seed)
+
+    # Without re-quantization: the clean bits, flipped where masked, summed as they are.
+    plain_bits = [b if m is None else torch.where(m.to(b.device), 1 - b, b) for b, m in zip(clean.bits, masks)]
+    plain = tok.cumulative_from_bits(plain_bits, scales[-1])
+
+    # With re-quantization: the quantizer applies the same flips and recomputes every later residual.
+    def flips(k: int, bits_Bhwd: torch.Tensor) -> torch.Tensor | None:
+        return None if masks[k] is None else masks[k].to(bits_Bhwd.device)
+
+    requantized = tok.quantize(f_BdHW, scales, flips=flips)
+    series = {
+        CLEAN: _decode_all(pipe, clean.cumulative, x_13HW),
+        PLAIN_FLIPS: _decode_all(pipe, plain, x_13HW),
+        REQUANTIZED: _decode_all(pipe, requantized.cumulative, x_13HW),
+    }
+    return SelfCorrectionResult(fitted, series, [0 if m is None else int(m.sum()) for m in masks])
+
+
+@dataclass
+class InterventionResult:
+    clean: list[Image.Image]  # previews of the clean run, every scale (the last is the image)
+    flipped: list[Image.Image]  # the same with the intervention
+    bits_changed: list[float]  # fraction of the bits that differ from the clean run, per scale
+    flipped_bits: int  # bits flipped by the intervention itself
+
+
+def generation_intervention(
+    pipe: InfinityPipeline,
+    prompt: str,
+    seed: int,
+    intervention: Intervention,
+    **options,
+) -> InterventionResult:
+    """Two runs with the same prompt, seed and options (keyword arguments of `pipe.stream`): clean, and with
+    `intervention`. The generator is the same, so every difference comes from the flipped bits."""
+    clean = list(pipe.stream(prompt, seed=seed, preview=False, **options))
+    flipped = list(pipe.stream(prompt, seed=seed, preview=False, intervention=intervention, **options))
+    changed = [float((a.bits_Bhwd != b.bits_Bhwd).float().mean()) for a, b in zip(clean, flipped)]
+    bits_k = clean[intervention.scale_index].bits_Bhwd
+    return InterventionResult(
+        [scale_preview(pipe, e) for e in clean],
+        [scale_preview(pipe, e) for e in flipped],
+        changed,
+        round(intervention.fraction * bits_k.numel()),
+    )
+
+
+def variations(
+    pipe: InfinityPipeline,
+    prefix_bits: Sequence[torch.Tensor],
+    prompt: str,
+    seeds: Sequence[int],
+    **options,
+) -> Iterator[Image.Image]:
+    """One image per seed, each with the given bits for its first len(prefix_bits) scales and new samples after."""
+    for seed in seeds:
+        for event in pipe.stream(prompt, seed=seed, preview=False, prefix_bits=prefix_bits, **options):
+            pass
+        yield tensor_to_pil(event.image_B3HW[0])

@@ -1,0 +1,71 @@
+"""Serving concerns of the app: loading the model once, warming it up, the banner, the Spaces GPU decorator."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..pipeline import InfinityPipeline
+
+logger = logging.getLogger(__name__)
+
+MODEL_ENV = "INFINITY_MODEL"  # the model to serve when --model is not given: a released name or a folder
+
+
+def gpu(fn: Callable, duration: int = 60) -> Callable:
+    """`fn` under `spaces.GPU` (a GPU is attached per call on a ZeroGPU Space) when the `spaces` package is
+    importable, `fn` itself everywhere else."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=duration)(fn)
+
+
+def on_zero_gpu() -> bool:
+    """Running on a ZeroGPU Space, where the GPU exists only inside `spaces.GPU` calls."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+
+
+def model_label(model: str | None) -> str:
+    if model is None:
+        return "the embedded model"
+    return model if not Path(model).exists() else f"folder {Path(model).name}"
+
+
+def load_pipeline(model: str | None, device: str | None) -> InfinityPipeline:
+    """The pipeline of `model` (None: the embedded one), loaded once onto the device it stays on."""
+    start = time.perf_counter()
+    pipe = InfinityPipeline.from_pretrained(model, device=device)
+    logger.info("loaded %s on %s in %.1f s", model_label(model), pipe.device_name, time.perf_counter() - start)
+    return pipe
+
+
+def warm_up(pipe: InfinityPipeline, scales: int = 2) -> float:
+    """One tiny generation: the first `scales` scales of the first aspect ratio, previews decoded, so the first
+    visitor does not pay for lazy initialisation (kernels, allocator, the text encoder). Returns seconds."""
+    from .explorer import scale_preview
+
+    start = time.perf_counter()
+    prompt = pipe.examples[0] if pipe.examples else "warm-up"
+    stream = pipe.stream(prompt, aspect_ratio=pipe.aspect_ratios[0], preview=False)
+    for event in stream:
+        scale_preview(pipe, event)
+        if event.scale_index + 1 >= scales:
+            break
+    stream.close()
+    seconds = time.perf_counter() - start
+    logger.info("warmed up in %.1f s", seconds)
+    return seconds
+
+
+def banner(pipe: InfinityPipeline, model: str | None) -> str:
+    """Which model runs on which device, in one Markdown line."""
+    dtype = str(pipe.dtype).removeprefix("torch.")
+    H, W = max((s.pixel_hw for s in pipe.schedules.values()), key=lambda hw: hw[0] * hw[1])
+    return (
+        f"Model **{pipe.name}** ({model_label(model)}) on **{pipe.device_name}** ({dtype}) · "
+        f"{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
+    )

@@ -1,0 +1,214 @@
+"""The app's callbacks called directly (every bad input a gr.Error with a message), its serving helpers and its
+command line. The same callbacks served over HTTP: test_app_api.py; in a browser: test_app_browser.py."""
+import math
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from app_helpers import bad_image_files
+
+import app
+from infinity.app import runtime
+from infinity.app.handlers import Generation, Handlers, user_errors
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = str(ROOT / "assets" / "examples" / "shapes.png")
+GENERATE = dict(negative_prompt="", aspect_ratio="1:1", cfg=3.0, seed=7, randomize_seed=False, tau=1.0, top_k=0,
+                top_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def handlers(app_pipe):
+    return Handlers(app_pipe)
+
+
+@pytest.fixture(scope="module")
+def record(handlers) -> Generation:
+    *_, last = handlers.generate("a red cube", **GENERATE)
+    return last[-1]
+
+
+def message(call) -> str:
+    """The gr.Error message of a callback call (generators are run to the end)."""
+    with pytest.raises(gr.Error) as e:
+        result = call()
+        if isinstance(result, types.GeneratorType):
+            list(result)
+    return e.value.message
+
+
+def test_generate_streams_each_scale_then_the_image(handlers, app_pipe):
+    updates = list(handlers.generate("a red cube", **GENERATE))
+    assert len(updates) == 5  # 4 scales, then the final image
+    for k, (gallery, image, status, seed, state) in enumerate(updates[:4]):
+        assert len(gallery) == k + 1 and image is None and status.startswith(f"Scale {k + 1}/4") and seed == 7
+        assert state == gr.skip()  # the session's last Generation is replaced only once this one is done
+    gallery, image, status, seed, state = updates[-1]
+    assert len(gallery) == 4 and isinstance(state, Generation) and "seed **7**" in status
+    assert np.array_equal(np.asarray(image), np.asarray(app_pipe("a red cube", seed=7).image))
+    assert [tuple(b.shape) for b in state.bits] == [(1, 1, 1, 8), (1, 2, 2, 8), (1, 4, 4, 8), (1, 8, 8, 8)]
+
+
+def test_randomized_seed_is_reported(handlers):
+    *_, (_, _, status, seed, state) = handlers.generate("a red cube", **{**GENERATE, "randomize_seed": True})
+    assert state.seed == seed and f"seed **{seed}**" in status
+
+
+@pytest.mark.parametrize(
+    "change, text",
+    [
+        ({"prompt": ""}, "Please enter a prompt"),
+        ({"prompt": "x" * 10_000}, "The prompt is 10,000 characters long"),
+        ({"negative_prompt": "x" * 10_000}, "The negative prompt is 10,000 characters long"),
+        ({"cfg": math.nan}, "CFG must be a finite number, got nan."),
+        ({"cfg": -1.0}, "CFG must be >= 0, got -1."),
+        ({"tau": 0}, "tau must be > 0"),
+        ({"top_k": -2}, "top-k must be between 0"),
+        ({"top_p": 2}, "top-p must be <= 1"),
+        ({"seed": 2**64}, "seed must be between 0 and 9,007,199,254,740,991"),
+        ({"seed": -1}, "seed must be between 0"),
+        ({"seed": "12"}, "seed must be a whole number, got '12'."),
+        ({"aspect_ratio": "16:9"}, "aspect ratio must be one of 1:1, 3:2, 2:3; got '16:9'."),
+        ({"randomize_seed": None}, "randomize seed must be true or false"),
+    ],
+)
+def test_generate_refuses_bad_input_with_a_message(handlers, change, text):
+    kwargs = {"prompt": "a red cube", **GENERATE, **change}
+    assert text in message(lambda: handlers.generate(**kwargs))
+
+
+def test_emoji_prompts_generate(handlers):
+    *_, (_, image, status, _, _) = handlers.generate("🦊🔥 ✨", **GENERATE)
+    assert image.size == (32, 32) and status.startswith("Done")
+
+
+def test_inside_each_scale(handlers, record):
+    bits, added, overlay, text = handlers.inspect_scale(2, record)
+    assert bits.size == added.size == overlay.size == (256, 256)  # 32 px, shown 8x with square pixels
+    assert text.startswith("**Scale 2/4**: 2x2 tokens x 8 bits")
+    assert "Generate an image first" in message(lambda: handlers.inspect_scale(1, None))
+    assert "scale must be between 1 and 4, got 5." in message(lambda: handlers.inspect_scale(5, record))
+
+
+def test_tokenizer_and_self_correction(handlers):
+    gallery, table, text = handlers.tokenize({"path": EXAMPLE}, "auto")
+    assert len(gallery) == 4 and gallery[0][1].startswith("input") and len(table) == 3  # 384x256 -> 3:2, 3 scales
+    assert text.startswith("Aspect ratio 3:2 (24x16 px), 3 scales")
+    clean, plain, requantized, table, text = handlers.self_correction_tokenizer(EXAMPLE, "1:1", 2, 0.3, 0)
+    assert len(clean) == len(plain) == len(requantized) == 4 and len(table) == 12
+    assert text.startswith("Flipped 12 bits (30%) in scales 1-2 of 4")  # round(.3 * 8) + round(.3 * 32)
+    clean, flipped, diff, table, text = handlers.self_correction_generation("a red cube", "1:1", 3, 2, 0.5)
+    assert clean.size == flipped.size == diff.size == (256, 256) and len(table) == 4
+    assert text.startswith("Flipped 16 bits (50%) of scale 2/4, seed 3.")
+
+
+@pytest.mark.parametrize("name", ["random bytes", "truncated", "too large", "decompression bomb"])
+def test_bad_uploads_give_a_message(handlers, tmp_path, name):
+    path = str(bad_image_files(tmp_path)[name])
+    expected = "decompression bomb" if name == "decompression bomb" else "image"
+    for call in (lambda: handlers.tokenize({"path": path}, "auto"),
+                 lambda: handlers.self_correction_tokenizer({"path": path}, "auto", 1, 0.1, 0),
+                 lambda: handlers.variations("uploaded image", {"path": path}, "auto", 1, 1, "a cube", 0, False, None)):
+        assert expected in message(call)
+
+
+def test_self_correction_bounds(handlers):
+    assert "flipped scales must be between 1 and 4, got 9." in message(
+        lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 9, 0.3, 0))
+    assert "flip fraction must be <= 1" in message(lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 1, 3, 0))
+    assert "scale must be between 1 and 3, got 4." in message(
+        lambda: handlers.self_correction_generation("a cube", "3:2", 0, 4, 0.3))
+
+
+def test_variations(handlers, record, app_pipe):
+    updates = list(handlers.variations("last result", None, "auto", 2, 3, "", 5, False, record))
+    gallery, status = updates[-1]
+    assert len(updates) == 5 and len(gallery) == 4 and status.startswith("Done: 3 variations of scales 3-4")
+    assert [caption for _, caption in gallery] == ["kept: scales 1-2", "seed 5", "seed 6", "seed 7"]
+    *_, (gallery, _) = handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "a cube", 0, False, None)
+    assert len(gallery) == 2
+    assert "Generate an image first" in message(
+        lambda: handlers.variations("last result", None, "auto", 2, 1, "", 0, False, None))
+    assert "Please enter a prompt" in message(
+        lambda: handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "", 0, False, None))
+    assert "kept scales must be between 1 and 3, got 4." in message(
+        lambda: handlers.variations("last result", None, "auto", 4, 1, "", 0, False, record))
+    assert "number of variations must be between 1 and 8" in message(
+        lambda: handlers.variations("last result", None, "auto", 1, 50, "", 0, False, record))
+
+
+def test_unexpected_errors_are_one_line_and_logged(caplog):
+    @user_errors
+    def broken():
+        raise KeyError("internal detail")
+
+    @user_errors
+    def broken_stream():
+        yield 1
+        raise ZeroDivisionError
+
+    assert message(broken) == "Something went wrong on the server (KeyError); the details are in its log."
+    assert "ZeroDivisionError" in message(broken_stream)
+    assert "internal detail" in caplog.text  # the traceback is in the log, not in the message
+    stream = broken_stream()
+    next(stream)
+    stream.close()  # cancelling (GeneratorExit) is not an error
+
+
+# ---- serving ----
+
+
+def test_gpu_decorator_only_with_spaces(monkeypatch):
+    def fn(prompt):
+        return prompt
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # not importable
+    assert runtime.gpu(fn) is fn
+    calls = []
+    fake = types.SimpleNamespace(GPU=lambda duration: lambda f: calls.append(duration) or f)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert runtime.gpu(fn, duration=90) is fn and calls == [90]
+
+
+def test_banner_and_warm_up(app_pipe):
+    text = runtime.banner(app_pipe, "runs/x")
+    assert f"**{app_pipe.name}**" in text and "on **CPU** (float32)" in text and "up to 32x32 px" in text
+    assert runtime.warm_up(app_pipe) > 0
+
+
+def test_command_line_defaults(monkeypatch):
+    for name in ("INFINITY_MODEL", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    args = app.parse_args([])
+    assert (args.model, args.device, args.host, args.port, args.max_queue) == (None, None, "127.0.0.1", 7860, 32)
+    monkeypatch.setenv("INFINITY_MODEL", "infinity-2b")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
+    args = app.parse_args([])
+    assert (args.model, args.host, args.port) == ("infinity-2b", "0.0.0.0", 8080)
+    assert app.parse_args(["--model", "infinity-8b", "--port", "9000"]).model == "infinity-8b"
+
+
+def test_app_module_imports_nothing_heavy_and_a_missing_model_is_one_line(tmp_path):
+    code = "import sys, app; print('torch' in sys.modules, 'gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    run = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "nothing"), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("app.py: cannot load the model:")
+
+
+def test_demo_is_queued_with_named_endpoints(app_pipe):
+    demo = app.build_demo(app_pipe, max_queue=5, concurrency=2)
+    assert demo._queue.max_size == 5
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert {"generate", "inspect_scale", "tokenize", "self_correction_tokenizer", "self_correction_generation",
+            "variations"} <= names
+    on_device = [fn for fn in demo.fns.values() if fn.concurrency_id == "device"]
+    assert len(on_device) == 5 and all(fn.concurrency_limit == 2 for fn in on_device)

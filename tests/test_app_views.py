@@ -1,0 +1,224 @@
+"""The app's pure views, its input checks and the explorer's computations, without a server (tiny model, CPU)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from app_helpers import bad_image_files
+from PIL import Image
+
+from infinity.app import explorer, inputs, views
+from infinity.sampling import Intervention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# ---- views ----
+
+
+def test_colormap_runs_dark_to_bright_and_clips():
+    colours = views.colormap(np.array([[-1.0, 0.0, 0.5, 1.0, 2.0, np.nan]]))
+    assert colours.shape == (1, 6, 3) and colours.dtype == np.uint8
+    brightness = colours[0].astype(int).sum(-1)
+    assert brightness[0] == brightness[1] == brightness[5] and brightness[3] == brightness[4]
+    assert brightness[1] < brightness[2] < brightness[3]
+
+
+def test_enlarge_uses_square_pixels_and_leaves_large_images():
+    small = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4).repeat(3).reshape(3, 4, 3))
+    big = views.enlarge(small, min_side=256)
+    assert big.size == (4 * 86, 3 * 86)  # ceil(256 / 3) = 86
+    assert np.array_equal(np.asarray(big)[::86, ::86], np.asarray(small))  # nearest: every cell kept exactly
+    large = Image.new("RGB", (300, 400))
+    assert views.enlarge(large) is large
+
+
+def test_token_entropy_is_zero_when_sure_and_one_for_coin_flips():
+    probs = torch.tensor([0.0, 1.0, 0.5, 0.5]).view(1, 2, 2, 1).repeat(1, 1, 1, 8)  # (B, h, w, d)
+    entropy = views.token_entropy(probs)
+    assert entropy.shape == (2, 2)
+    assert np.allclose(entropy, [[0, 0], [1, 1]], atol=1e-4)
+
+
+def test_entropy_overlay_has_one_square_per_token():
+    image = Image.new("RGB", (32, 16), (0, 0, 0))
+    entropy = np.array([[0.0, 1.0], [1.0, 0.0]])
+    overlay = np.asarray(views.entropy_overlay(entropy, image, alpha=1.0))
+    assert overlay.shape == (16, 32, 3)
+    assert (overlay[:8, :16] == overlay[0, 0]).all() and (overlay[:8, 16:] == overlay[0, 16]).all()
+    assert overlay[0, 16].sum() > overlay[0, 0].sum()
+
+
+def test_bits_image_maps_all_zeros_to_black_and_all_ones_to_white():
+    bits = torch.zeros(1, 2, 1, 9, dtype=torch.uint8)
+    bits[0, 1] = 1
+    img = np.asarray(views.bits_image(bits, size=(4, 8)))
+    assert img.shape == (8, 4, 3)
+    assert (img[:4] == 0).all() and (img[4:] == 255).all()
+
+
+def test_residual_image_is_grey_where_nothing_changed():
+    before = Image.new("RGB", (4, 4), (100, 100, 100))
+    after = before.copy()
+    after.putpixel((0, 0), (200, 100, 0))
+    residual, peak = views.residual_image(before, after)
+    r = np.asarray(residual)
+    assert peak == 100 and tuple(r[0, 0]) == (255, 128, 0) and (r[1:] == 128).all()
+    _, from_black = views.residual_image(None, after)
+    assert from_black == 200
+
+
+def test_difference_map_and_psnr():
+    a = Image.new("RGB", (8, 8), (10, 20, 30))
+    same, mean = views.difference_map(a, a.copy())
+    assert mean == 0 and (np.asarray(same) == views.colormap(np.zeros((1, 1)))).all() and views.psnr_db(a, a) == 99.0
+    b = Image.new("RGB", (8, 8), (20, 20, 30))
+    _, mean = views.difference_map(a, b)
+    assert mean == pytest.approx(10 / 3)
+    assert views.psnr_db(a, b) == pytest.approx(10 * math.log10(255**2 / (100 / 3)))
+    with pytest.raises(ValueError, match="differ in size"):
+        views.difference_map(a, Image.new("RGB", (4, 4)))
+
+
+def test_per_scale_table_is_long_form():
+    table = views.per_scale_table({"a": [1.0, 2.0], "b": [3.0, 4.0]}, "PSNR (dB)")
+    assert list(table.columns) == ["scale", "PSNR (dB)", "series"]
+    assert table.values.tolist() == [["1", 1.0, "a"], ["2", 2.0, "a"], ["1", 3.0, "b"], ["2", 4.0, "b"]]
+    assert views.scale_labels(3) == ["1", "2", "3"]
+
+
+# ---- inputs ----
+
+
+@pytest.mark.parametrize(
+    "check, value, message",
+    [
+        (lambda v: inputs.prompt_text(v), "", "Please enter a prompt: it is empty."),
+        (lambda v: inputs.prompt_text(v), "   ", "Please enter a prompt"),
+        (lambda v: inputs.prompt_text(v), None, "The prompt must be text, got NoneType."),
+        (lambda v: inputs.prompt_text(v), "x" * 10_000, "The prompt is 10,000 characters long; at most 2,000"),
+        (lambda v: inputs.number("CFG", v, 0, 30), math.nan, "CFG must be a finite number, got nan."),
+        (lambda v: inputs.number("CFG", v, 0, 30), -1, "CFG must be >= 0, got -1."),
+        (lambda v: inputs.number("CFG", v, 0, 30), "3", "CFG must be a number, got '3'."),
+        (lambda v: inputs.number("tau", v, 0, 5, low_open=True), 0, "tau must be > 0, got 0."),
+        (lambda v: inputs.seed(v), -1, "seed must be between 0 and 9,007,199,254,740,991, got -1."),
+        (lambda v: inputs.seed(v), 2**63, "seed must be between 0 and 9,007,199,254,740,991"),
+        (lambda v: inputs.seed(v), 1.5, "seed must be a whole number, got 1.5."),
+        (lambda v: inputs.seed(v), math.inf, "seed must be a whole number"),
+        (lambda v: inputs.seed(v), True, "seed must be a whole number, got True."),
+        (lambda v: inputs.flag("randomize seed", v), "yes", "randomize seed must be true or false"),
+        (lambda v: inputs.choice("aspect ratio", v, ["1:1"]), "16:9", "aspect ratio must be one of 1:1; got '16:9'."),
+        (lambda v: inputs.read_image(v), None, "Please upload an image first."),
+        (lambda v: inputs.read_image(v), "/no/such/file.png", "The uploaded file is gone from the server"),
+    ],
+)
+def test_inputs_refuse_bad_values_with_a_sentence(check, value, message):
+    with pytest.raises(ValueError) as e:
+        check(value)
+    assert message in str(e.value)
+
+
+def test_inputs_accept_good_values():
+    assert inputs.prompt_text("🦊 in the snow") == "🦊 in the snow"
+    assert inputs.prompt_text(None, required=False) == ""
+    assert inputs.seed(3.0) == 3 and isinstance(inputs.seed(3.0), int) and inputs.seed(2**53 - 1) == 2**53 - 1
+    assert inputs.number("tau", 0.5, 0, 5, low_open=True) == 0.5
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("random bytes", "The uploaded file is not a readable image (cannot identify image file)."),
+        ("truncated", "The uploaded file is not a readable image"),
+        ("too large", "The image is 8,000 x 8,000 pixels; at most 40 megapixels are accepted."),
+        ("decompression bomb", "The image declares a huge size (a decompression bomb?)"),
+    ],
+)
+def test_bad_uploads_are_refused_before_decoding(tmp_path, name, message):
+    path = bad_image_files(tmp_path)[name]
+    for payload in (str(path), {"path": str(path), "orig_name": "x.png"}):
+        with pytest.raises(ValueError) as e:
+            inputs.read_image(payload)
+        assert message in str(e.value) and str(tmp_path) not in str(e.value)
+
+
+def test_uploads_are_read_as_rgb(tmp_path):
+    Image.new("RGBA", (5, 3), (1, 2, 3, 4)).save(tmp_path / "a.png")
+    img = inputs.read_image({"path": str(tmp_path / "a.png")})
+    assert img.mode == "RGB" and img.size == (5, 3)
+
+
+# ---- explorer ----
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+
+
+def test_nearest_aspect_ratio(app_pipe):
+    assert explorer.nearest_aspect_ratio(app_pipe, Image.new("RGB", (60, 40))) == "3:2"
+    assert explorer.nearest_aspect_ratio(app_pipe, Image.new("RGB", (40, 61))) == "2:3"
+    assert explorer.nearest_aspect_ratio(app_pipe, Image.new("RGB", (50, 50))) == "1:1"
+
+
+def test_previews_are_decoded_at_the_scale_grid_and_enlarged_with_nearest(app_pipe):
+    events = list(app_pipe.stream("a red cube", seed=1, preview=False))
+    previews = [explorer.scale_preview(app_pipe, e) for e in events]
+    H, W = app_pipe.schedule("1:1").pixel_hw
+    assert all(p.size == (W, H) for p in previews)
+    first = np.asarray(previews[0])  # 1x1 tokens: decoded at 2x2 cells (8x8 px), enlarged 4x to 32x32 px
+    assert (first[:4, :4] == first[0, 0]).all() and np.array_equal(first, first[::4, ::4].repeat(4, 0).repeat(4, 1))
+    assert np.array_equal(np.asarray(previews[-1]), np.asarray(app_pipe("a red cube", seed=1).image))
+
+
+def test_grids_of_previews():
+    assert explorer.preview_grid((1, 1), (64, 64)) == (2, 2)  # at least 2x2
+    assert explorer.preview_grid((48, 32), (64, 64)) == (32, 32)  # at most half
+    assert explorer.preview_grid((1, 1), (2, 2)) == (2, 2)
+
+
+def test_reconstruction_psnr_per_scale(app_pipe, photo):
+    fitted, rec = explorer.reconstruct(app_pipe, photo, "3:2")
+    assert fitted.size == (24, 16) and len(rec.images) == len(rec.psnr) == 3
+    assert all(im.size == (24, 16) for im in rec.images) and all(math.isfinite(p) for p in rec.psnr)
+
+
+def test_flip_masks_count_and_determinism():
+    shapes = [torch.Size((1, 2, 2, 8)), torch.Size((1, 4, 4, 8)), torch.Size((1, 8, 8, 8))]
+    masks = explorer.flip_masks(shapes, 2, 0.25, seed=3)
+    assert [int(m.sum()) for m in masks[:2]] == [8, 32] and masks[2] is None
+    again = explorer.flip_masks(shapes, 2, 0.25, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(masks[:2], again[:2]))
+
+
+def test_self_correction_series(app_pipe, photo):
+    none = explorer.tokenizer_self_correction(app_pipe, photo, "1:1", 2, 0.0, seed=0)
+    clean = none.series[explorer.CLEAN].psnr
+    assert none.series[explorer.REQUANTIZED].psnr == clean and none.flipped == [0, 0, 0, 0]  # nothing flipped
+
+    result = explorer.tokenizer_self_correction(app_pipe, photo, "1:1", 2, 0.5, seed=0)
+    assert result.flipped == [round(0.5 * 8), round(0.5 * 4 * 8), 0, 0]  # scales 1x1 and 2x2 (8 bits)
+    assert result.series[explorer.CLEAN].psnr == pytest.approx(clean)
+    plain, requantized = result.series[explorer.PLAIN_FLIPS], result.series[explorer.REQUANTIZED]
+    # Both flip the same bits, so they agree at the first scale; after the flipped scales only re-quantization
+    # recomputes the residuals, so they differ there.
+    assert plain.psnr[0] == pytest.approx(requantized.psnr[0]) and plain.psnr[0] != pytest.approx(clean[0])
+    assert plain.psnr[3] != pytest.approx(requantized.psnr[3])
+
+
+def test_generation_intervention_against_the_clean_run(app_pipe):
+    result = explorer.generation_intervention(app_pipe, "a red cube", 4, Intervention(1, 0.5, 4), aspect_ratio="1:1")
+    assert result.bits_changed[0] == 0 and result.bits_changed[1] == pytest.approx(0.5)
+    assert result.flipped_bits == 16 and len(result.clean) == len(result.flipped) == 4
+    assert np.array_equal(np.asarray(result.clean[-1]), np.asarray(app_pipe("a red cube", seed=4).image))
+    nothing = explorer.generation_intervention(app_pipe, "a red cube", 4, Intervention(1, 0.0, 4))
+    assert nothing.bits_changed == [0.0] * 4
+
+
+def test_variations_keep_the_prefix(app_pipe):
+    out = app_pipe("a red cube", seed=2)
+    images = list(explorer.variations(app_pipe, out.bits[:4], "a red cube", [2, 3]))
+    assert np.array_equal(np.asarray(images[0]), np.asarray(out.image))  # every scale kept: the same image
+    images = list(explorer.variations(app_pipe, out.bits[:1], "a red cube", [5, 6]))
+    assert len(images) == 2 and not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
