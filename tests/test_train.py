@@ -295,3 +295,18 @@ def test_tokenizer_trains_on_a_jsonl_dataset_skipping_bad_lines(tmp_path, caplog
         assert torch.isfinite(loss) and n == 2
         aspects.add(task.source.batch(step, 2, slice(0, 2)).aspect_ratio)
     assert aspects == {"1:1", "3:2"}
+
+
+def test_fsdp_on_two_gloo_processes_equals_one_process(tmp_path, tiny_tokenizer_file):
+    # FSDP2 shards the transformer's blocks over two CPU processes; the losses match one unsharded process, and
+    # the checkpoint and the exported weights are whole (loadable without any process group).
+    tr = ["--recipe", "shapes-tiny", "--steps", "3", "--batch-size", "4", "--tokenizer", str(tiny_tokenizer_file),
+          "--warmup-steps", "1", "--log-every", "1", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
+    _run(["transformer", "--out", str(tmp_path / "one"), *tr])
+    _run(["transformer", "--out", str(tmp_path / "fsdp"), "--fsdp", *tr], processes=2)
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "fsdp"), rel=1e-4)
+    state = load_checkpoint(tmp_path / "fsdp" / "checkpoint.pt")
+    assert state["step"] == 3 and state["model"]["head.weight"].shape == (16, 48)
+    assert load_model(tmp_path / "fsdp" / "transformer.safetensors").config == TINY.transformer
+    _run(["transformer", "--out", str(tmp_path / "fsdp"), "--fsdp", "--resume", *tr[:3], "4", *tr[4:]], processes=2)
+    assert load_checkpoint(tmp_path / "fsdp" / "checkpoint.pt")["step"] == 4

@@ -43,6 +43,9 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
     g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: %(default)s)")
     g.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: at the end only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP; "
+                        "the EMA stays a whole copy per process (--ema-decay 0 for models that cannot)")
     o = p.add_argument_group("optimiser (AdamW, linear warmup then cosine)")
     o.add_argument("--lr", type=float, default=lr, help="peak learning rate (default: %(default)s)")
     o.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (default: %(default)s)")
@@ -109,7 +112,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, optim=optim,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-        resume=args.resume, progress=not args.no_progress,
+        resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp,
     )
 
 

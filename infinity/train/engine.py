@@ -65,9 +65,17 @@ class Distributed:
             dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         return Distributed(rank, world_size, dev)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, fsdp: bool = False) -> nn.Module:
+        """DistributedDataParallel, or with `fsdp` FSDP2 sharding (each block, then the rest) for models too
+        large to replicate; alone, the model itself."""
         if self.world_size == 1:
             return model
+        if fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in getattr(model, "blocks", []):
+                fully_shard(block)
+            return fully_shard(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
@@ -150,14 +158,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind an FSDP shard (a DTensor); a plain tensor as is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def clip_gradients(model: nn.Module, max_norm: float) -> float:
     """Clip to `max_norm` (when > 0) and return the gradient norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    if max_norm > 0:
-        return float(nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+    return float(_full(nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)))
 
 
 class EMA:
@@ -172,13 +183,35 @@ class EMA:
         # A shorter horizon early on, so the average does not drag the random initialisation along.
         decay = min(self.decay, (1 + step) / (10 + step))
         for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach().float(), 1 - decay)
+            ema_p.lerp_(_full(p.detach()).float(), 1 - decay)  # sharded (FSDP): gathered, a full copy per process
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
+            ema_b.copy_(_full(b))
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def is_sharded(model: nn.Module) -> bool:
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """Whole (unsharded, CPU) model and optimizer state; under FSDP a collective every process must call."""
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict() if optimizer is not None else {}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer if optimizer is not None else [], options=opts)
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    """Load what `full_state` wrote, into a plain or an FSDP-sharded model."""
+    if not is_sharded(model):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))
 
 
 # ---- checkpoints ----

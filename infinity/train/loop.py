@@ -24,7 +24,10 @@ from .engine import (
     OptimConfig,
     adamw,
     clip_gradients,
+    full_state,
+    is_sharded,
     load_checkpoint,
+    load_full_state,
     lr_at,
     save_checkpoint,
     set_lr,
@@ -46,6 +49,7 @@ class RunConfig:
     sample_every: int = 0  # 0: only at the end
     resume: bool = False
     progress: bool = True
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -75,13 +79,23 @@ class Task(Protocol):
     def identity(self) -> dict: ...
 
 
+def _whole(model: nn.Module, model_cls: type[nn.Module]) -> nn.Module:
+    """The model itself, or for an FSDP-sharded one an unsharded copy (built from the gathered weights)."""
+    if not is_sharded(model):
+        return model
+    whole = model_cls(model.config).to(next(model.parameters()).device)
+    whole.load_state_dict(full_state(model)[0])
+    return whole
+
+
 def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
     """Run (or resume) training; returns the last logged metrics."""
     out_dir = Path(run.out_dir)
     model = task.model.to(dist.device)
-    wrapped = dist.wrap(model)
-    optimizer = adamw(model, run.optim)
+    model_cls = type(model)
     ema = EMA(model, run.optim.ema_decay) if run.optim.ema_decay > 0 else None
+    wrapped = dist.wrap(model, fsdp=run.fsdp)  # FSDP2 shards `model` in place
+    optimizer = adamw(model, run.optim)
     task.setup(dist, wrapped)
 
     start = 0
@@ -92,8 +106,7 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
             raise ValueError(
                 f"{ckpt_path} was written by another configuration:\n  {state['identity']}\nnow:\n  {task.identity()}"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_full_state(model, optimizer, state["model"], state["optimizer"])
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         task.load_state_dict(state["task"])
@@ -128,20 +141,23 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
             window_items, window_t0 = 0, time.perf_counter()
         log.advance()
         if done % run.checkpoint_every == 0 or done == run.steps:
+            model_state, optim_state = full_state(model, optimizer)
             if dist.is_main:
                 save_checkpoint(ckpt_path, {
                     "step": done,
                     "identity": task.identity(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "model": model_state,
+                    "optimizer": optim_state,
                     "ema": ema.model.state_dict() if ema is not None else {},
                     "task": task.state_dict(),
                 })
             dist.barrier()
-        if dist.is_main and run.sample_every and done % run.sample_every == 0 and done < run.steps:
+        if dist.is_main and run.sample_every and done % run.sample_every == 0 and done < run.steps and not (
+            ema is None and is_sharded(model)
+        ):
             log.log(done, task.samples(ema.model if ema else model, done, out_dir))
+    final = ema.model if ema is not None else _whole(model, model_cls)
     if dist.is_main:
-        final = ema.model if ema is not None else model
         task.export(final, out_dir)
         log.log(run.steps, task.samples(final, run.steps, out_dir))
     log.close()
