@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from infinity.checkpoints import save_model
-from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
 from reference_cases import discover
 
 ROOT = Path(__file__).resolve().parents[1]

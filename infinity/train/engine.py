@@ -238,6 +238,27 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise RuntimeError(f"{path} is not a readable training checkpoint: {e}") from e
 
 
+def load_init_weights(path: str, model_cls: type[nn.Module], config, official_loader) -> nn.Module:
+    """`--init-from`: our .safetensors (must hold the same architecture) or an official .pth (key-mapped)."""
+    from ..checkpoints import load_model
+
+    if not path.endswith(".safetensors"):
+        return official_loader(path, config)
+    model = load_model(path)
+    if not isinstance(model, model_cls) or model.config != config:
+        raise ValueError(f"{path} holds another model than the {model_cls.__name__} being trained ({config})")
+    return model
+
+
+def save_grid(columns: list[torch.Tensor], path: Path) -> None:
+    """Images (B, 3, H, W) in [-1, 1], one column per tensor, the B images down: a PNG at `path`."""
+    from ..images import to_pil
+
+    grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(grid).save(path)
+
+
 # ---- metrics ----
 
 

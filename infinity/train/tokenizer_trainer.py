@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import load_model, load_official_tokenizer, save_model
-from ..images import psnr, to_pil
+from ..checkpoints import load_official_tokenizer, save_model
+from ..images import psnr
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer, TokenizerConfig
 from .data import Batch, ShapesSource, make_source
 from .discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
-from .engine import Distributed, OptimConfig, adamw, config_dict, step_generator
+from .engine import Distributed, OptimConfig, adamw, config_dict, load_init_weights, save_grid, step_generator
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class TokenizerTask:
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.model = BitwiseTokenizer(config)
         if init_from:
-            self.model.load_state_dict(_load_tokenizer(init_from, config).state_dict())
+            init = load_init_weights(init_from, BitwiseTokenizer, config, load_official_tokenizer)
+            self.model.load_state_dict(init.state_dict())
         self.source = make_source(data, schedules, seed)
         self.discriminator = PatchDiscriminator() if loss.gan > 0 else None
         self.disc_optimizer = adamw(self.discriminator, optim) if self.discriminator is not None else None
@@ -183,21 +184,9 @@ class TokenizerTask:
         x = batch.images_B3HW.to(device)
         codes = model.encode_scales(x, schedule.scales)
         columns = [x] + [model.decode(F_k) for F_k in codes.cumulative]
-        grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)  # images down, scales across
-        path = out_dir / "samples" / f"tokenizer_{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        to_pil(grid).save(path)
+        save_grid(columns, out_dir / "samples" / f"tokenizer_{step:07d}.png")
         return {"sample_psnr": float(psnr(columns[-1], x).mean())}
 
     def export(self, model: BitwiseTokenizer, out_dir: Path) -> None:
         save_model(model, out_dir / "tokenizer.safetensors")
         logger.info("wrote %s", out_dir / "tokenizer.safetensors")
-
-
-def _load_tokenizer(path: str, config: TokenizerConfig) -> BitwiseTokenizer:
-    if path.endswith(".safetensors"):
-        model = load_model(path)
-        if not isinstance(model, BitwiseTokenizer) or model.config != config:
-            raise ValueError(f"{path} holds another model than the tokenizer being trained ({config})")
-        return model
-    return load_official_tokenizer(path, config)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_model, load_official_transformer, save_model
-from ..images import to_pil
+from ..checkpoints import load_official_transformer, save_model
 from ..sampling import sample_scales
 from ..schedules import Schedule
 from ..text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
@@ -27,7 +26,7 @@ from ..tokenizer import BitwiseTokenizer, SelfCorrection
 from ..tokenizer.model import latent_scales, spatial_patch
 from ..transformer import Infinity, TransformerConfig
 from .data import ShapesSource, make_source
-from .engine import Distributed, config_dict, step_generator
+from .engine import Distributed, config_dict, load_init_weights, save_grid, step_generator
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +147,8 @@ class TransformerTask:
         self.data, self.batch_size, self.seed, self.sample_cfg = data, batch_size, seed, sample_cfg
         self.model = Infinity(config)
         if init_from:
-            self.model.load_state_dict(_load_transformer(init_from, config).state_dict())
+            init = load_init_weights(init_from, Infinity, config, load_official_transformer)
+            self.model.load_state_dict(init.state_dict())
         self.source = make_source(data, schedules, seed)
         self.self_correction = SelfCorrection(loss.self_correction_scales, loss.self_correction_strength)
 
@@ -213,23 +213,12 @@ class TransformerTask:
         columns = [ev.preview_B3HW for ev in sample_scales(
             model, self.tokenizer, text_BTE, lens_B, schedule, cfg=self.sample_cfg, generator=g, preview=True
         )]
-        grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)
         path = out_dir / "samples" / f"transformer_{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        to_pil(grid).save(path)
-        (path.with_suffix(".txt")).write_text("\n".join(prompts) + "\n")
+        save_grid(columns, path)
+        path.with_suffix(".txt").write_text("\n".join(prompts) + "\n")
         return {}
 
     def export(self, model: Infinity, out_dir: Path) -> None:
         save_model(model, out_dir / "transformer.safetensors")
         (out_dir / "transformer_training.json").write_text(json.dumps(self.identity(), indent=1))
         logger.info("wrote %s", out_dir / "transformer.safetensors")
-
-
-def _load_transformer(path: str, config: TransformerConfig) -> Infinity:
-    if path.endswith(".safetensors"):
-        model = load_model(path)
-        if not isinstance(model, Infinity) or model.config != config:
-            raise ValueError(f"{path} holds another model than the transformer being trained ({config})")
-        return model
-    return load_official_transformer(path, config)
