@@ -228,7 +228,8 @@ def ours_worker(args: argparse.Namespace) -> dict:
 
     from infinity.bench.harness import benchmark
     from infinity.checkpoints import load_official_tokenizer, load_official_transformer, read_torch_weights
-    from infinity.pipeline import InfinityPipeline, SamplingDefaults
+    from infinity.options import SamplingDefaults
+    from infinity.pipeline import InfinityPipeline
     from infinity.schedules import get_schedule
     from infinity.text import T5TextEncoder
     from infinity.transformer.blocks import attention_backend

@@ -20,7 +20,9 @@ from PIL import Image
 
 from .checkpoints import CheckpointError, load_model, load_official_tokenizer
 from .images import fit, open_image, psnr, to_pil, to_tensor
-from .pipeline import OFFICIAL_MODELS, OFFICIAL_REPO, WEIGHTS_DIR_ENV, InfinityPipeline, check_inputs
+from .official import OFFICIAL_MODELS, OFFICIAL_REPO, WEIGHTS_DIR_ENV
+from .options import check_inputs
+from .pipeline import InfinityPipeline
 from .schedules import ASPECT_RATIOS, BUDGETS, Schedule, get_schedule, parse_aspect_ratio
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer
 

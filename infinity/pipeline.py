@@ -6,18 +6,20 @@
     for event in pipe.stream("a red cube", seed=1):              # one ScaleEvent per scale, with a preview
         ...
 
-Model folders in our format (written by `save_pretrained`) hold `pipeline.json` (text encoder, scale schedules,
-sampling defaults, example prompts) beside `tokenizer.safetensors` and `transformer.safetensors` (each with its
-config inside). The released models ("infinity-2b", "infinity-8b") use Flan-T5-XL and the official schedules;
-their weight files are looked for in a local folder ($INFINITY_WEIGHTS_DIR, or the folder given), then in the
-Hugging Face cache, then downloaded from the repo FoundationVision/Infinity.
+A pipeline holds a tokenizer, a transformer, a text encoder (`text.py`), a scale schedule per aspect ratio and
+sampling defaults (`options.py`, which also checks the inputs). `stream` encodes the prompts (the last few are
+cached) and runs the next-scale sampler (`sampling.py`); `__call__` consumes that stream into a PipelineOutput.
+
+Model folders in our format (written by `save_pretrained`, e.g. the embedded model in assets/embedded) hold
+`pipeline.json` (text encoder, scale schedules, sampling defaults, example prompts) beside `tokenizer.safetensors`
+and `transformer.safetensors` (each with its config inside). The released models ("infinity-2b", "infinity-8b"):
+their architectures, defaults and weight files (in $INFINITY_WEIGHTS_DIR, the folder given, the Hugging Face cache
+or downloaded) are in `official.py`; `checkpoints.py` maps their key names to ours.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import os
 import time
 from collections import OrderedDict
@@ -28,89 +30,30 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoints import CheckpointError, load_model, load_official_tokenizer, load_official_transformer, save_model
+from .checkpoints import CheckpointError, load_model, save_model
 from .images import fit, to_pil, to_tensor
+from .official import (
+    OFFICIAL_EXAMPLES,
+    OFFICIAL_MODELS,
+    WeightsNotFoundError,
+    load_official,
+    official_model_in,
+    official_schedules,
+)
+from .options import SamplingDefaults, check_inputs, sampler_options
 from .sampling import Intervention, ScaleEvent, StageTimer, sample_scales, untimed
-from .schedules import ASPECT_RATIOS, Schedule, get_schedule
-from .text import FLAN_T5_XL, MiniLMTextEncoder, T5TextEncoder, TextEncoder
-from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
+from .schedules import Schedule
+from .text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
+from .tokenizer import BitwiseTokenizer, TokenizerConfig
 from .tokenizer.model import latent_scales, patchify_bits, spatial_patch
-from .transformer import TRANSFORMER_PRESETS, Infinity, TransformerConfig
+from .transformer import Infinity, TransformerConfig
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_REPO = "FoundationVision/Infinity"
-WEIGHTS_DIR_ENV = "INFINITY_WEIGHTS_DIR"
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded"
 PIPELINE_FILE, TOKENIZER_FILE, TRANSFORMER_FILE = "pipeline.json", "tokenizer.safetensors", "transformer.safetensors"
 FORMAT, FORMAT_VERSION = "infinity-pipeline", 1
-MAX_PROMPT_CHARS = 2000  # longer prompts are refused; within it the text encoder truncates to its max_length tokens
-MAX_SEED = 2**63 - 1
 PROMPT_CACHE_SIZE = 8  # prompts whose text features a pipeline keeps (a few KB to a few MB each)
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The model's files are not on this machine and could not be downloaded; the message says where to put them."""
-
-
-# ---- input checks ----
-
-
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_cfg(name: str, value) -> float:
-    if _number(name, value) < 0:
-        raise ValueError(f"{name} must be >= 0 (1 disables guidance), got {value}")
-    return float(value)
-
-
-def _check_tau(name: str, value) -> float:
-    if _number(name, value) <= 0:
-        raise ValueError(f"{name} (temperature) must be > 0, got {value}")
-    return float(value)
-
-
-def _check_top_k(value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {value!r}")
-
-
-def _check_top_p(value) -> None:
-    if not 0.0 <= _number("top_p", value) <= 1.0:
-        raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {value}")
-
-
-def _per_scale(name: str, values, K: int, check) -> list[float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a list of {K} numbers (one per scale), got {values!r}")
-    if len(values) != K:
-        raise ValueError(f"{name} needs one value per scale: {K} for this aspect ratio, got {len(values)}")
-    return [check(f"{name}[{k}]", v) for k, v in enumerate(values)]
-
-
-def check_inputs(prompt, negative_prompt="", cfg=None, tau=None, top_k=None, top_p=None, seed=0) -> None:
-    """ValueError naming the first input no model accepts (options at None are not checked). The aspect ratio
-    and per-scale lists depend on the model: `InfinityPipeline.stream` checks those too."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
-    if not isinstance(negative_prompt, str) or len(negative_prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
-    if cfg is not None:
-        _check_cfg("cfg", cfg)
-    if tau is not None:
-        _check_tau("tau", tau)
-    if top_k is not None:
-        _check_top_k(top_k)
-    if top_p is not None:
-        _check_top_p(top_p)
 
 
 def _pick_device(device: torch.device | str | None) -> torch.device:
@@ -123,73 +66,6 @@ def _pick_device(device: torch.device | str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but this machine has no usable CUDA GPU; use cpu")
     return device
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """What `pipe(...)` uses for every sampling option left at None."""
-
-    cfg: float = 3.0  # classifier-free guidance weight; 1 disables guidance
-    tau: float = 1.0  # temperature dividing the bit logits
-    top_k: int = 0  # per-bit top-k, 0 off (a bit has 2 values, so any k >= 2 keeps both)
-    top_p: float = 0.0  # per-bit top-p, 0 off
-    cfg_schedule: tuple[float, ...] | None = None  # one cfg per scale; replaces cfg when set
-    tau_schedule: tuple[float, ...] | None = None  # one tau per scale; replaces tau when set
-
-    def __post_init__(self) -> None:
-        _check_cfg("cfg", self.cfg)
-        _check_tau("tau", self.tau)
-        _check_top_k(self.top_k)
-        _check_top_p(self.top_p)
-        for name, check in (("cfg_schedule", _check_cfg), ("tau_schedule", _check_tau)):
-            values = getattr(self, name)
-            if values is not None:
-                object.__setattr__(self, name, tuple(_per_scale(name, values, len(values), check)))
-
-
-@dataclass(frozen=True)
-class OfficialModel:
-    """A released model: its architectures, weight files in the repo FoundationVision/Infinity, and defaults."""
-
-    title: str
-    tokenizer: TokenizerConfig
-    tokenizer_file: str
-    transformer: TransformerConfig
-    transformer_weights: str  # a .pth file, or a folder of shards when `sharded`
-    sharded: bool
-    defaults: SamplingDefaults
-    budget: str = "1M"  # pixel budget of the official schedules it was trained for
-    text_encoder: str = FLAN_T5_XL
-
-
-# Defaults: cfg and tau of the official notebooks (tools/interactive_infer.ipynb for 2B, as predict.py;
-# tools/interactive_infer_8b.ipynb for 8B; scripts/infer.sh runs 2B at cfg 4), top_k and top_p of gen_one_img
-# in tools/run_infinity.py (top_k=900 is a no-op over the 2 values of a bit). All run in bf16 on the GPU.
-OFFICIAL_MODELS: dict[str, OfficialModel] = {
-    "infinity-2b": OfficialModel(
-        title="Infinity-2B",
-        tokenizer=TOKENIZER_PRESETS["infinity-vae-d32reg"].config,
-        tokenizer_file=TOKENIZER_PRESETS["infinity-vae-d32reg"].weight_file,
-        transformer=TRANSFORMER_PRESETS["infinity-2b"],
-        transformer_weights="infinity_2b_reg.pth",
-        sharded=False,
-        defaults=SamplingDefaults(cfg=3.0, tau=0.5, top_k=900, top_p=0.97),
-    ),
-    "infinity-8b": OfficialModel(
-        title="Infinity-8B",
-        tokenizer=TOKENIZER_PRESETS["infinity-vae-d56-f8"].config,
-        tokenizer_file=TOKENIZER_PRESETS["infinity-vae-d56-f8"].weight_file,
-        transformer=TRANSFORMER_PRESETS["infinity-8b"],
-        transformer_weights="infinity_8b_weights",
-        sharded=True,
-        defaults=SamplingDefaults(cfg=3.0, tau=1.0, top_k=900, top_p=0.97),
-    ),
-}
-OFFICIAL_EXAMPLES = (
-    "a red fox sitting in fresh snow, morning light",
-    "a bowl of ramen on a wooden table, studio photo",
-    "a lighthouse on a cliff during a storm, oil painting",
-)
 
 
 @dataclass
@@ -258,9 +134,8 @@ class InfinityPipeline:
         Face hub (official weights and Flan-T5).
         """
         device = _pick_device(device)
-        options = dict(
-            device=device, dtype=dtype, text_encoder_device=text_encoder_device, local_files_only=local_files_only
-        )
+        options = dict(device=device, dtype=dtype, text_encoder_device=text_encoder_device,
+                       local_files_only=local_files_only, cache_dir=cache_dir)
         if name_or_dir is None:
             if not EMBEDDED_DIR.is_dir():
                 raise WeightsNotFoundError(
@@ -269,24 +144,29 @@ class InfinityPipeline:
                 )
             return cls._from_folder(EMBEDDED_DIR, **options)
         if str(name_or_dir) in OFFICIAL_MODELS:
-            env_dir = os.environ.get(WEIGHTS_DIR_ENV)
-            return cls._from_official(str(name_or_dir), Path(env_dir) if env_dir else None, cache_dir, **options)
+            return cls._from_official(str(name_or_dir), None, **options)  # weights in $INFINITY_WEIGHTS_DIR
         path = Path(name_or_dir)
         if (path / PIPELINE_FILE).is_file():
             return cls._from_folder(path, **options)
         if path.is_dir():
-            return cls._from_official(_official_model_in(path), path, cache_dir, **options)
+            name = official_model_in(path)
+            if name is None:
+                wanted = ", ".join(m.transformer_weights for m in OFFICIAL_MODELS.values())
+                raise WeightsNotFoundError(f"{path}: no {PIPELINE_FILE} (our format) and no official weights ({wanted})")
+            return cls._from_official(name, path, **options)
         raise WeightsNotFoundError(
             f"{name_or_dir}: neither a model name ({', '.join(OFFICIAL_MODELS)}) nor a model folder"
         )
 
     @classmethod
-    def _from_folder(cls, folder: Path, device, dtype, text_encoder_device, local_files_only) -> InfinityPipeline:
+    def _from_folder(
+        cls, folder: Path, device, dtype, text_encoder_device, local_files_only, cache_dir
+    ) -> InfinityPipeline:
         config = _read_pipeline_json(folder / PIPELINE_FILE)
         tokenizer = _load_part(folder / TOKENIZER_FILE, BitwiseTokenizer)
         transformer = _load_part(folder / TRANSFORMER_FILE, Infinity)
         text_encoder, offload = _load_text_encoder(
-            config["text_encoder"], device, text_encoder_device, local_files_only
+            config["text_encoder"], device, text_encoder_device, local_files_only, cache_dir
         )
         logger.info("loaded %s from %s", folder.name, folder)
         return cls(
@@ -296,17 +176,13 @@ class InfinityPipeline:
 
     @classmethod
     def _from_official(
-        cls, name: str, weights_dir: Path | None, cache_dir, device, dtype, text_encoder_device, local_files_only
+        cls, name: str, weights_dir: Path | None, device, dtype, text_encoder_device, local_files_only, cache_dir
     ) -> InfinityPipeline:
         model = OFFICIAL_MODELS[name]
-        paths = _official_weights(model, weights_dir, cache_dir, local_files_only)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        tokenizer = load_official_tokenizer(paths[model.tokenizer_file], model.tokenizer)
-        # Built on the meta device and given the file's (memory-mapped) tensors converted once to `dtype`;
-        # __init__ then moves that one copy to the device.
-        transformer = load_official_transformer(paths[model.transformer_weights], model.transformer, dtype)
+        tokenizer, transformer = load_official(model, weights_dir, cache_dir, local_files_only, dtype)
         text_encoder, offload = _load_text_encoder(
-            {"kind": "t5", "name": model.text_encoder}, device, text_encoder_device, local_files_only
+            {"kind": "t5", "name": model.text_encoder}, device, text_encoder_device, local_files_only, cache_dir
         )
         logger.info("loaded %s (%s, %s)", model.title, device, dtype)
         return cls(
@@ -404,7 +280,9 @@ class InfinityPipeline:
         # 1. Check the inputs.
         check_inputs(prompt, negative_prompt, cfg, tau, top_k, top_p, seed)
         schedule = self.schedule(aspect_ratio)
-        options = self._sampling_options(schedule.num_scales, cfg, tau, top_k, top_p, cfg_schedule, tau_schedule)
+        options = sampler_options(
+            self.defaults, schedule.num_scales, cfg, tau, top_k, top_p, cfg_schedule, tau_schedule
+        )
 
         # 2. Encode the prompts.
         with (timer or untimed)("text_encoding", None):
@@ -446,34 +324,15 @@ class InfinityPipeline:
             image, seed, seconds, self.schedules[aspect_ratio], [e.bits_Bhwd.cpu() for e in events], events
         )
 
-    def _sampling_options(self, K: int, cfg, tau, top_k, top_p, cfg_schedule, tau_schedule) -> dict:
-        """The sampler's cfg_schedule / tau / top_k / top_p: the model's defaults where None, one cfg and tau per
-        scale (a schedule replaces the scalar), per-scale values checked."""
-        d = self.defaults
-        if cfg_schedule is None and cfg is None:
-            cfg, cfg_schedule = d.cfg, d.cfg_schedule
-        if tau_schedule is None and tau is None:
-            tau, tau_schedule = d.tau, d.tau_schedule
-        cfg_K = [cfg] * K if cfg_schedule is None else cfg_schedule
-        tau_K = [tau] * K if tau_schedule is None else tau_schedule
-        return dict(
-            cfg_schedule=_per_scale("cfg_schedule", cfg_K, K, _check_cfg),
-            tau=_per_scale("tau_schedule", tau_K, K, _check_tau),
-            top_k=d.top_k if top_k is None else int(top_k),
-            top_p=d.top_p if top_p is None else float(top_p),
-        )
-
 
 # ---- components ----
 
 
 def _check_schedules(
-    schedules: dict[str, Schedule],
-    tokenizer: TokenizerConfig,
-    transformer: TransformerConfig,
-    defaults: SamplingDefaults,
-    spatial_patch: int,
+    schedules: dict[str, Schedule], tokenizer: TokenizerConfig, transformer: TransformerConfig,
+    defaults: SamplingDefaults, spatial_patch: int,
 ) -> None:
+    """ValueError unless every schedule fits the models (pixels per token, scales) and the default schedules."""
     if not schedules:
         raise ValueError("a pipeline needs at least one aspect-ratio schedule")
     token_px = tokenizer.patch_size * spatial_patch  # pixels per transformer token side
@@ -492,11 +351,6 @@ def _check_schedules(
                 )
 
 
-def official_schedules(budget: str) -> dict[str, Schedule]:
-    """Every official aspect-ratio template at one pixel budget."""
-    return {name: get_schedule(name, budget) for name in ASPECT_RATIOS}
-
-
 def _load_part(path: Path, kind: type):
     model = load_model(path)
     if not isinstance(model, kind):
@@ -504,7 +358,7 @@ def _load_part(path: Path, kind: type):
     return model
 
 
-def _load_text_encoder(spec: dict, device: torch.device, text_encoder_device, local_files_only: bool):
+def _load_text_encoder(spec: dict, device: torch.device, text_encoder_device, local_files_only: bool, cache_dir):
     """(encoder, offload) from a pipeline.json "text_encoder" entry."""
     offload = text_encoder_device == "offload"
     where = torch.device("cpu") if offload else _pick_device(text_encoder_device or device)
@@ -512,7 +366,9 @@ def _load_text_encoder(spec: dict, device: torch.device, text_encoder_device, lo
         return MiniLMTextEncoder.from_pretrained(device=where, max_length=spec["max_length"]), offload
     # Offloaded T5 runs on the accelerator, so it keeps the accelerator's fp16 while it waits on the CPU.
     dtype = torch.float16 if offload and device.type == "cuda" else None
-    encoder = T5TextEncoder.from_pretrained(spec["name"], device=where, dtype=dtype, local_files_only=local_files_only)
+    encoder = T5TextEncoder.from_pretrained(
+        spec["name"], device=where, dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir
+    )
     return encoder, offload
 
 
@@ -589,70 +445,3 @@ def _custom_schedule(grids, patch_size) -> Schedule:
         raise ValueError(f"a schedule must be a non-empty list of [h, w] grids of positive integers, got {grids!r}")
     H, W = grids[-1]
     return Schedule(scales=tuple(map(tuple, grids)), patch_size=patch_size, h_div_w=round(H / W, 3))
-
-
-# ---- official weights: local folder, then the Hugging Face cache, then a download ----
-
-
-def _official_model_in(folder: Path) -> str:
-    """The released model whose transformer weights `folder` holds."""
-    names = [name for name, m in OFFICIAL_MODELS.items() if (folder / m.transformer_weights).exists()]
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        wanted = ", ".join(m.transformer_weights for m in OFFICIAL_MODELS.values())
-        raise WeightsNotFoundError(f"{folder}: no {PIPELINE_FILE} (our format) and no official weights ({wanted})")
-    raise ValueError(
-        f"{folder} holds the weights of {', '.join(names)}: pass the model name and set {WEIGHTS_DIR_ENV}={folder}"
-    )
-
-
-def _hub_path(name: str, folder: bool, cache_dir, local_files_only: bool) -> Path:
-    """A file (or a folder of shards) of the official repo, from the Hugging Face cache or downloaded into it."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    if not folder:
-        return Path(hf_hub_download(OFFICIAL_REPO, name, cache_dir=cache_dir, local_files_only=local_files_only))
-    root = snapshot_download(
-        OFFICIAL_REPO, allow_patterns=[f"{name}/*"], cache_dir=cache_dir, local_files_only=local_files_only
-    )
-    path = Path(root) / name
-    if not path.is_dir() or not any(path.iterdir()):
-        raise FileNotFoundError(f"{name}/ is not in the cached snapshot of {OFFICIAL_REPO}")
-    return path
-
-
-def _find_weights(name: str, folder: bool, weights_dir: Path | None, cache_dir, local_files_only: bool) -> Path:
-    if weights_dir is not None and (weights_dir / name).exists():
-        return weights_dir / name
-    try:
-        return _hub_path(name, folder, cache_dir, local_files_only=True)
-    except FileNotFoundError:
-        if local_files_only:
-            raise
-    logger.info("downloading %s from %s", name, OFFICIAL_REPO)
-    return _hub_path(name, folder, cache_dir, local_files_only=False)
-
-
-def _official_weights(
-    model: OfficialModel, weights_dir: Path | None, cache_dir, local_files_only: bool
-) -> dict[str, Path]:
-    """Path of each weight file of `model`, or one WeightsNotFoundError naming every missing file."""
-    wanted = {model.tokenizer_file: False, model.transformer_weights: model.sharded}
-    found, reasons = {}, []
-    for name, folder in wanted.items():
-        try:
-            found[name] = _find_weights(name, folder, weights_dir, cache_dir, local_files_only)
-        except Exception as e:  # offline, hub unreachable, file renamed: the user's remedy is the same
-            reasons.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}")
-    missing = [name for name in wanted if name not in found]
-    if missing:
-        looked = f"{weights_dir}" if weights_dir else f"${WEIGHTS_DIR_ENV} (unset)"
-        how = "downloads are off (local_files_only)" if local_files_only else f"the download failed ({reasons[0]})"
-        raise WeightsNotFoundError(
-            f"{model.title} weights not found: {', '.join(missing)} are neither in {looked} nor in the Hugging Face "
-            f"cache, and {how}. Download them from the Hugging Face repo {OFFICIAL_REPO} "
-            f"(https://huggingface.co/{OFFICIAL_REPO}) into a folder and set {WEIGHTS_DIR_ENV} to it, "
-            f"or pass that folder as the model"
-        )
-    return found

@@ -114,19 +114,22 @@ class T5TextEncoder(TextEncoder):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         local_files_only: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> T5TextEncoder:
-        """Load from the Hub cache or a folder. dtype defaults to fp16 on an accelerator (as the official
-        inference runs it) and fp32 on CPU, where fp16 matmuls are slow or missing."""
+        """Load from the Hub cache (`cache_dir`, default the Hugging Face one) or a folder. dtype defaults to fp16
+        on an accelerator (as the official inference runs it) and fp32 on CPU, where fp16 matmuls are slow or
+        missing."""
         from transformers import AutoTokenizer, T5EncoderModel
 
         device = torch.device(device)
         if dtype is None:
             dtype = torch.float32 if device.type == "cpu" else torch.float16
         name = str(name_or_path)
+        hub = dict(local_files_only=local_files_only, cache_dir=cache_dir)
         tokenizer, model = _load(
             name,
-            lambda: AutoTokenizer.from_pretrained(name, legacy=True, local_files_only=local_files_only),
-            lambda: T5EncoderModel.from_pretrained(name, dtype=dtype, local_files_only=local_files_only),
+            lambda: AutoTokenizer.from_pretrained(name, legacy=True, **hub),
+            lambda: T5EncoderModel.from_pretrained(name, dtype=dtype, **hub),
         )
         logger.info("loaded text encoder %s (%s, %s)", name, device, dtype)
         return cls(tokenizer, model.to(device))

@@ -14,14 +14,9 @@ from safetensors.torch import save_file
 
 from infinity import pipeline as pipeline_module
 from infinity.checkpoints import CheckpointError
-from infinity.pipeline import (
-    OFFICIAL_MODELS,
-    InfinityPipeline,
-    OfficialModel,
-    PipelineOutput,
-    SamplingDefaults,
-    WeightsNotFoundError,
-)
+from infinity.official import OFFICIAL_MODELS, OfficialModel, WeightsNotFoundError, find_weights
+from infinity.options import SamplingDefaults
+from infinity.pipeline import InfinityPipeline, PipelineOutput
 from infinity.sampling import Intervention
 from infinity.schedules import ASPECT_RATIOS, Schedule, get_schedule
 from infinity.text import MiniLMTextEncoder, T5TextEncoder
@@ -362,12 +357,12 @@ def test_sharded_weights_folder_is_found_locally_and_in_the_cache(tmp_path, monk
     import huggingface_hub
 
     (tmp_path / "local" / "infinity_8b_weights").mkdir(parents=True)
-    found = pipeline_module._find_weights("infinity_8b_weights", True, tmp_path / "local", None, True)
+    found = find_weights("infinity_8b_weights", True, tmp_path / "local", None, True)
     assert found == tmp_path / "local" / "infinity_8b_weights"
 
     snapshot = tmp_path / "snapshot"
     (snapshot / "infinity_8b_weights").mkdir(parents=True)
     (snapshot / "infinity_8b_weights" / "model.safetensors.index.json").write_text("{}")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *args, **kwargs: str(snapshot))
-    found = pipeline_module._find_weights("infinity_8b_weights", True, None, None, True)
+    found = find_weights("infinity_8b_weights", True, None, None, True)
     assert found == snapshot / "infinity_8b_weights"

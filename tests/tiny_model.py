@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from infinity.pipeline import InfinityPipeline, SamplingDefaults
+from infinity.options import SamplingDefaults
+from infinity.pipeline import InfinityPipeline
 from infinity.schedules import Schedule
 from infinity.text import MiniLMTextEncoder
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig

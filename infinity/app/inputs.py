@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from ..pipeline import MAX_PROMPT_CHARS
+from ..options import MAX_PROMPT_CHARS
 
 MAX_UI_SEED = 2**53 - 1  # the largest integer a JSON number (a JavaScript double) carries exactly
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels: any photo; larger is refused before its pixels are decoded

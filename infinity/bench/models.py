@@ -15,14 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..pipeline import (
-    EMBEDDED_DIR,
-    OFFICIAL_MODELS,
-    InfinityPipeline,
-    SamplingDefaults,
-    WeightsNotFoundError,
-    official_schedules,
-)
+from ..official import OFFICIAL_MODELS, WeightsNotFoundError, official_schedules
+from ..options import SamplingDefaults
+from ..pipeline import EMBEDDED_DIR, InfinityPipeline
 from ..text import MiniLMTextEncoder, T5TextEncoder
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import RECIPES

@@ -140,7 +140,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
 
 def export(args: argparse.Namespace) -> None:
     """Tokenizer + transformer + MiniLM + the recipe's schedules + sampling defaults -> a pipeline folder."""
-    from ..pipeline import InfinityPipeline, SamplingDefaults
+    from ..options import SamplingDefaults
+    from ..pipeline import InfinityPipeline
     from .transformer_trainer import load_text_encoder
 
     recipe = RECIPES[args.recipe]
