@@ -67,6 +67,21 @@ def test_tokenizer_step_lowers_loss_on_a_fixed_batch(seed):
     assert after < before
 
 
+def test_decoder_only_keeps_the_bits_and_trains_the_decoder(tmp_path, tiny_tokenizer_file):
+    with pytest.raises(ValueError, match="--init-from"):
+        _tokenizer_task(decoder_only=True)
+    run = RunConfig(out_dir=str(tmp_path), steps=3, batch_size=4, optim=OptimConfig(warmup_steps=1), progress=False)
+    train(_tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True), run, CPU)
+    before, after = load_model(tiny_tokenizer_file), load_model(tmp_path / "tokenizer.safetensors")
+    old, new = before.state_dict(), after.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("encoder."))
+    assert not all(torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    scales = TINY.schedules["1:1"].scales
+    for a, b in zip(before.encode_scales(img, scales).bits, after.encode_scales(img, scales).bits):
+        assert torch.equal(a, b)
+
+
 def test_transformer_step_lowers_loss_on_a_fixed_batch(tiny_tokenizer_file):
     torch.manual_seed(0)
     before, after = _one_step_lowers_loss(_transformer_task(tiny_tokenizer_file))

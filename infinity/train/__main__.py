@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gan-start", type=int, default=0, help="first step of the GAN loss (default: %(default)s)")
     t.add_argument("--crop-size", type=int, default=0,
                    help="train on random square crops of this many pixels (0: whole images; default: %(default)s)")
+    t.add_argument("--decoder-only", action="store_true",
+                   help="freeze the encoder of --init-from and train the decoder only: the bits stay the same, so a "
+                        "transformer trained on them meanwhile stays valid")
     t.add_argument("--perceptual-weight", type=float, default=0.0,
                    help="LPIPS; needs the lpips package and its weights (default: %(default)s)")
 
@@ -125,7 +128,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
             gan_start=args.gan_start, perceptual=args.perceptual_weight,
         )
         return TokenizerTask(recipe.tokenizer, recipe.schedules, loss, args.data, args.batch_size, args.seed,
-                             run.optim, init_from=args.init_from, crop_size=args.crop_size)
+                             run.optim, init_from=args.init_from, crop_size=args.crop_size,
+                             decoder_only=args.decoder_only)
     tokenizer = load_model(args.tokenizer)
     if not isinstance(tokenizer, BitwiseTokenizer):
         raise ValueError(f"{args.tokenizer} is not a tokenizer")

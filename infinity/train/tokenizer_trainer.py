@@ -9,6 +9,9 @@ Loss of a batch (weights are options; 0 turns a term off):
     gan         hinge loss of a PatchGAN discriminator, from step `gan_start` on
     perceptual  LPIPS, only when the `lpips` package and its weights are installed (never faked)
 
+With `decoder_only`, the encoder (and so every bit it produces) is frozen and only the decoder learns: the
+fine-tuning that sharpens reconstructions while a transformer trains on the same, unchanging bits.
+
 With `crop_size`, every image is cut to a random square crop first and quantized on the scales of the
 schedule that fit the crop: the networks are convolutional, so crops teach the same local reconstruction at a
 fraction of the cost (4x fewer pixels for 64 px crops of 128 px images).
@@ -96,17 +99,22 @@ class TokenizerTask:
         optim: OptimConfig,
         init_from: str | None = None,
         crop_size: int = 0,
+        decoder_only: bool = False,
     ):
         if crop_size and (crop_size % config.patch_size or crop_size > min(min(s.pixel_hw) for s in schedules.values())):
             raise ValueError(f"crop size {crop_size} must be a multiple of the patch size {config.patch_size} "
                              f"and fit every image of the schedules")
-        self.crop_size = crop_size
+        if decoder_only and not init_from:
+            raise ValueError("decoder-only fine-tuning needs the trained tokenizer to start from (--init-from)")
+        self.crop_size, self.decoder_only = crop_size, decoder_only
         self.config, self.schedules, self.loss_cfg = config, schedules, loss
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.model = BitwiseTokenizer(config)
         if init_from:
             init = load_init_weights(init_from, BitwiseTokenizer, config, load_official_tokenizer)
             self.model.load_state_dict(init.state_dict())
+        if decoder_only:
+            self.model.encoder.requires_grad_(False)
         self.source = make_source(data, schedules, seed)
         self.discriminator = PatchDiscriminator() if loss.gan > 0 else None
         self.disc_optimizer = adamw(self.discriminator, optim) if self.discriminator is not None else None
@@ -116,6 +124,7 @@ class TokenizerTask:
         return {
             "kind": "tokenizer", "config": self.config.to_dict(), "loss": config_dict(self.loss_cfg),
             "data": self.data, "batch_size": self.batch_size, "seed": self.seed, "crop_size": self.crop_size,
+            "decoder_only": self.decoder_only,
             "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
         }
 
