@@ -126,6 +126,19 @@ def test_straight_through_gradients_reach_the_features():
     assert f.grad is not None and f.grad.abs().sum() > 0
 
 
+def test_feature_commitment_pulls_large_features_towards_their_quantization():
+    quantizer = MultiScaleQuantizer(8)
+    f = (_features() * 10).requires_grad_(True)  # far beyond what K unit-norm codes reach
+    codes = quantizer(f, SCHEDULE.scales, with_losses=True)
+    gap = codes.losses["feature_commitment"]
+    assert torch.allclose(gap, (f - codes.quantized).pow(2).mean())
+    gap.backward()
+    with torch.no_grad():
+        smaller = f - 0.1 * f.grad / f.grad.norm() * f.norm()
+        assert quantizer(smaller, SCHEDULE.scales, with_losses=True).losses["feature_commitment"] < gap
+        assert f.norm() > smaller.norm()
+
+
 def test_tokenizer_shapes_decode_and_bits_decode_agree():
     torch.manual_seed(0)
     tok = BitwiseTokenizer(TINY).eval()

@@ -31,8 +31,8 @@ CPU = Distributed(0, 1, torch.device("cpu"))
 
 
 def _tokenizer_task(**kw) -> TokenizerTask:
-    return TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(object_weight=2.0, color=1.0), "shapes", 4, 0,
-                         OptimConfig(), **kw)
+    loss = TokenizerLoss(object_weight=2.0, color=1.0, feature_commitment=0.25)
+    return TokenizerTask(TINY.tokenizer, TINY.schedules, loss, "shapes", 4, 0, OptimConfig(), **kw)
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,10 @@ class MultiScaleQuantizer(nn.Module):
             if k + 1 < len(scales):
                 out.next_inputs.append(next_scale_input(F_cum, scales[k + 1]))
         out.quantized = F_cum
+        if with_losses:
+            # Classic VQ commitment on the sum: pulls f towards what K unit-norm codes can reach. Without it f
+            # can grow far beyond F_K, the straight-through gradient then treats F_K as f although they differ.
+            out.losses["feature_commitment"] = F.mse_loss(f_BdHW, F_cum.detach())
         return out
 
     def codes_from_bits(self, bits: Sequence[torch.Tensor], full: Grid) -> list[torch.Tensor]:

@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra L1 weight of pixels that differ from the image's border colour (default: %(default)s)")
     t.add_argument("--color-weight", type=float, default=0.0, help="L1 of 4x-pooled colours (default: %(default)s)")
     t.add_argument("--entropy-weight", type=float, default=0.1, help="BSQ/LFQ entropy penalty (default: %(default)s)")
-    t.add_argument("--commitment-weight", type=float, default=0.25, help="(default: %(default)s)")
+    t.add_argument("--commitment-weight", type=float, default=0.25,
+                   help="each scale's normalised residual pulled towards its code (default: %(default)s)")
+    t.add_argument("--feature-commitment-weight", type=float, default=0.0,
+                   help="the encoder's features pulled towards their quantized sum F_K (default: %(default)s)")
     t.add_argument("--gan-weight", type=float, default=0.0, help="PatchGAN hinge loss, 0 for none (default: %(default)s)")
     t.add_argument("--gan-start", type=int, default=0, help="first step of the GAN loss (default: %(default)s)")
     t.add_argument("--crop-size", type=int, default=0,
@@ -124,7 +127,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
     if args.command == "tokenizer":
         loss = TokenizerLoss(
             recon=args.recon_weight, object_weight=args.object_weight, color=args.color_weight,
-            entropy=args.entropy_weight, commitment=args.commitment_weight, gan=args.gan_weight,
+            entropy=args.entropy_weight, commitment=args.commitment_weight,
+            feature_commitment=args.feature_commitment_weight, gan=args.gan_weight,
             gan_start=args.gan_start, perceptual=args.perceptual_weight,
         )
         return TokenizerTask(recipe.tokenizer, recipe.schedules, loss, args.data, args.batch_size, args.seed,

@@ -6,6 +6,8 @@ Loss of a batch (weights are options; 0 turns a term off):
     color       L1 between 4x average-pooled images: colour fidelity over texture
     entropy     the BSQ/LFQ entropy penalty summed over scales (confident bits, all codes used)
     commitment  features pulled towards their codes, summed over scales
+    feature_commitment  MSE between the encoder's features f and their quantization F_K (stop-gradient on
+                F_K): keeps f within reach of the K unit-norm codes, so the straight-through gradient is honest
     gan         hinge loss of a PatchGAN discriminator, from step `gan_start` on
     perceptual  LPIPS, only when the `lpips` package and its weights are installed (never faked)
 
@@ -43,12 +45,14 @@ class TokenizerLoss:
     color: float = 0.0
     entropy: float = 0.1
     commitment: float = 0.25
+    feature_commitment: float = 0.0
     gan: float = 0.0
     gan_start: int = 0
     perceptual: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.recon, self.object_weight, self.color, self.entropy, self.commitment, self.gan, self.perceptual) < 0:
+        if min(self.recon, self.object_weight, self.color, self.entropy, self.commitment, self.feature_commitment,
+               self.gan, self.perceptual) < 0:
             raise ValueError(f"loss weights must be >= 0: {self}")
 
 
@@ -149,7 +153,10 @@ class TokenizerTask:
         weight = 1 + cfg.object_weight * background_mask(x).float() if cfg.object_weight else 1.0
         l1 = ((recon - x).abs() * weight).mean()
         total = cfg.recon * l1 + cfg.entropy * q_losses["entropy_penalty"] + cfg.commitment * q_losses["commitment"]
-        metrics = {"l1": float(l1.detach()), "psnr": float(psnr(recon.detach().clamp(-1, 1), x).mean())}
+        metrics = {"l1": float(l1.detach()), "psnr": float(psnr(recon.detach().clamp(-1, 1), x).mean()),
+                   "feature_gap": float(q_losses["feature_commitment"].detach())}
+        if cfg.feature_commitment:
+            total = total + cfg.feature_commitment * q_losses["feature_commitment"]
         if cfg.color:
             color = F.l1_loss(F.avg_pool2d(recon, 4), F.avg_pool2d(x, 4))
             total = total + cfg.color * color
