@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infinity.data.scene_parser import ParsedScene, parse_image, scene_matches, score
+from infinity.data.scene_parser import ParsedScene, object_recall, parse_image, scene_matches, score
 from infinity.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, Scene, ShapeObject, render, sample_scene
 
 SIZES_HW = [(128, 128), (128, 192), (192, 128), (256, 256)]
@@ -65,6 +65,38 @@ def test_changed_colour_shape_size_or_position_is_a_mismatch():
     assert not scene_matches(parsed, Scene(scene.objects, "black", name_background=True))
     assert scene_matches(parsed, Scene(scene.objects, "black", name_background=False))  # background not asked for
     assert scene_matches(parsed, Scene(scene.objects, None))
+
+
+def test_object_recall_gives_partial_credit_per_attribute():
+    red, blue = ShapeObject("circle", "red", "large", "in the center"), ShapeObject("square", "blue", "small", "at the top")
+    scene = Scene((red, blue))
+    assert object_recall(parse_image(render(scene, 128, 128)), scene) == dict(position=1, color=1, shape=1, size=1)
+    shown = Scene((ShapeObject("triangle", "red", "small", "in the center"),))  # red's cell and colour; blue missing
+    assert object_recall(parse_image(render(shown, 128, 128)), scene) == dict(position=0.5, color=0.5, shape=0, size=0)
+
+
+def test_evaluator_scores_a_tokenizer_with_partial_credit():
+    import torch
+
+    from infinity.eval.shapes import evaluate_tokenizer, evaluation_scenes
+    from infinity.schedules import Schedule
+    from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
+
+    class Identity(BitwiseTokenizer):  # reconstructs perfectly: what the evaluator reports must be all 1
+        def decode(self, f):
+            return self.images
+
+        def encode_scales(self, x, scales):
+            self.images = x
+            return super().encode_scales(x, scales)
+
+    torch.manual_seed(0)
+    tok = Identity(TokenizerConfig(bits=4, base_channels=32, channel_multipliers=(1, 1), num_res_blocks=1, patch_size=2))
+    schedule = Schedule(((1, 1), (32, 32)), patch_size=2, h_div_w=1.0)
+    scores = evaluate_tokenizer(tok, schedule, evaluation_scenes({1: 3, 2: 2}), batch_size=4).to_dict()
+    assert scores["1"]["images"] == 3 and scores["2"]["images"] == 2
+    for row in scores.values():
+        assert row["accuracy"] == 1.0 and row["position"] == row["color"] == row["shape"] == row["size"] == 1.0
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -218,6 +218,21 @@ def scene_matches(parsed: ParsedScene, scene: Scene) -> bool:
     return sorted(parsed.objects, key=_sort_key) == sorted(scene.objects, key=_sort_key)
 
 
+ATTRIBUTES = ("position", "color", "shape", "size")
+
+
+def object_recall(parsed: ParsedScene, scene: Scene) -> dict[str, float]:
+    """Partial credit where `scene_matches` is all or nothing: the share of the scene's objects that have a parsed
+    object in their cell ("position"), and one in their cell with their colour, shape or size."""
+    hits = dict.fromkeys(ATTRIBUTES, 0)
+    for want in scene.objects:
+        here = [o for o in parsed.objects if o.position == want.position]
+        hits["position"] += bool(here)
+        for attribute in ATTRIBUTES[1:]:
+            hits[attribute] += any(getattr(o, attribute) == getattr(want, attribute) for o in here)
+    return {a: hits[a] / len(scene.objects) for a in ATTRIBUTES}
+
+
 def score(images: Iterable[np.ndarray], scenes: Sequence[Scene]) -> dict[str, float]:
     """Share of images whose parse matches their scene: "all", and per number of objects ("1", "2", ...)."""
     images = list(images)

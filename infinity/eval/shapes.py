@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.scene_parser import parse_image, scene_matches
+from ..data.scene_parser import ATTRIBUTES, ParsedScene, object_recall, parse_image, scene_matches
 from ..data.shapes import Scene, caption, held_out_scenes, render
 from ..images import psnr, to_tensor
 from ..schedules import Schedule
@@ -25,15 +25,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Scores:
-    """Per number of objects: how many images, how many passed the parser, and (tokenizers) mean PSNR."""
+    """Per number of objects: how many images, how many passed the parser, the mean share of objects with each
+    attribute right (`object_recall`) and (tokenizers) mean PSNR."""
 
     total: dict[int, int] = field(default_factory=dict)
     passed: dict[int, int] = field(default_factory=dict)
+    recall_sum: dict[int, dict[str, float]] = field(default_factory=dict)
     psnr_sum: dict[int, float] = field(default_factory=dict)
 
-    def add(self, n: int, ok: bool, psnr_db: float | None = None) -> None:
+    def add(self, n: int, parsed: ParsedScene, scene: Scene, psnr_db: float | None = None) -> None:
         self.total[n] = self.total.get(n, 0) + 1
-        self.passed[n] = self.passed.get(n, 0) + int(ok)
+        self.passed[n] = self.passed.get(n, 0) + int(scene_matches(parsed, scene))
+        sums = self.recall_sum.setdefault(n, dict.fromkeys(ATTRIBUTES, 0.0))
+        for attribute, value in object_recall(parsed, scene).items():
+            sums[attribute] += value
         if psnr_db is not None:
             self.psnr_sum[n] = self.psnr_sum.get(n, 0.0) + psnr_db
 
@@ -44,6 +49,7 @@ class Scores:
         out = {}
         for n in sorted(self.total):
             row = {"images": self.total[n], "passed": self.passed[n], "accuracy": round(self.accuracy(n), 4)}
+            row.update({a: round(v / self.total[n], 3) for a, v in self.recall_sum[n].items()})
             if n in self.psnr_sum:
                 row["psnr_db"] = round(self.psnr_sum[n] / self.total[n], 2)
             out[str(n)] = row
@@ -51,9 +57,11 @@ class Scores:
 
     def table(self, title: str) -> str:
         has_psnr = bool(self.psnr_sum)
-        lines = [title, f"{'objects':>8} {'images':>7} {'passed':>7} {'accuracy':>9}" + (f" {'PSNR dB':>8}" if has_psnr else "")]
+        header = f"{'objects':>8} {'images':>7} {'passed':>7} {'accuracy':>9}" + "".join(f" {a:>8}" for a in ATTRIBUTES)
+        lines = [title, header + (f" {'PSNR dB':>8}" if has_psnr else "")]
         for n, row in self.to_dict().items():
             line = f"{n:>8} {row['images']:>7} {row['passed']:>7} {row['accuracy']:>9.3f}"
+            line += "".join(f" {row[a]:>8.3f}" for a in ATTRIBUTES)
             lines.append(line + (f" {row['psnr_db']:>8.2f}" if has_psnr else ""))
         return "\n".join(lines)
 
@@ -74,7 +82,7 @@ def evaluate_tokenizer(tokenizer: BitwiseTokenizer, schedule: Schedule, scenes: 
         x = torch.cat([to_tensor_np(render(s, H, W)) for s in chunk]).to(device)
         recon = tokenizer.decode(tokenizer.encode_scales(x, schedule.scales).quantized)
         for scene, r, p in zip(chunk, to_uint8(recon), psnr(recon, x).tolist()):
-            scores.add(len(scene.objects), scene_matches(parse_image(r), scene), p)
+            scores.add(len(scene.objects), parse_image(r), scene, p)
     return scores
 
 
@@ -83,7 +91,7 @@ def evaluate_pipeline(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1", 
     scores = Scores()
     for i, scene in enumerate(scenes):
         out = pipe(caption(scene), aspect_ratio=aspect_ratio, seed=seed + i, **sampling)
-        scores.add(len(scene.objects), scene_matches(parse_image(np.asarray(out.image)), scene))
+        scores.add(len(scene.objects), parse_image(np.asarray(out.image)), scene)
     return scores
 
 
