@@ -1,10 +1,14 @@
-"""The shipped embedded model (assets/embedded): loads offline, 128 px images in three aspect ratios, seeded."""
+"""The shipped embedded model (assets/embedded): loads offline, 128 px images in three aspect ratios, seeded; the
+evaluator's ground-truth scales on it."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from infinity import InfinityPipeline
-from infinity.data.shapes import caption, held_out_scenes
+from infinity.data.shapes import caption, held_out_scenes, render
+from infinity.eval.shapes import evaluate_pipeline, evaluate_tokenizer, generate_for_scene, to_uint8
+from infinity.images import to_tensor
 from infinity.pipeline import EMBEDDED_DIR
 
 
@@ -39,3 +43,28 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
     a, b, c = (np.asarray(pipe(prompt, seed=s).image) for s in (7, 7, 8))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_evaluator_with_given_ground_truth_scales(pipe):
+    scenes = held_out_scenes(1, 3) + held_out_scenes(2, 2)
+    schedule = pipe.schedule("1:1")
+    K = schedule.num_scales
+    scene = scenes[0]
+    # No given scale: the plain pipeline image. All K: the tokenizer's reconstruction of the render.
+    assert np.array_equal(np.asarray(generate_for_scene(pipe, scene, "1:1", 5)),
+                          np.asarray(pipe(caption(scene), seed=5).image))
+    x = to_tensor(Image.fromarray(render(scene, *schedule.pixel_hw)))
+    with torch.no_grad():
+        recon = pipe.tokenizer.decode(pipe.tokenizer.encode_scales(x, schedule.scales).quantized)
+    assert np.abs(np.asarray(generate_for_scene(pipe, scene, "1:1", 5, K)).astype(int)
+                  - to_uint8(recon)[0].astype(int)).max() <= 1
+    # k given scales keep them: only the later scales' bits are sampled.
+    out = list(pipe.stream(caption(scene), seed=5, prefix_bits=pipe.encode_image(Image.fromarray(render(
+        scene, *schedule.pixel_hw)))[:3], preview=False))
+    assert np.array_equal(np.asarray(generate_for_scene(pipe, scene, "1:1", 5, 3)),
+                          np.asarray(Image.fromarray(to_uint8(out[-1].image_B3HW)[0])))
+    given_all = evaluate_pipeline(pipe, scenes, given_scales=K).to_dict()
+    tokenizer = evaluate_tokenizer(pipe.tokenizer, schedule, scenes).to_dict()
+    assert {n: r["passed"] for n, r in given_all.items()} == {n: r["passed"] for n, r in tokenizer.items()}
+    with pytest.raises(ValueError, match="given_scales"):
+        evaluate_pipeline(pipe, scenes, given_scales=K + 1)

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
     p.add_argument("--tau", type=float, default=None, help="temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--given-scales", type=int, default=0,
+                   help="take the first scales from the ground truth's tokens and sample the rest: where do the "
+                        "errors arise (default: %(default)s, all sampled)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the scores to this file")
     return parser
@@ -55,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
             pipe = InfinityPipeline.from_pretrained(args.weights, device=args.device)
             sampling = {k: v for k, v in (("cfg", args.cfg), ("tau", args.tau)) if v is not None}
-            scores = evaluate_pipeline(pipe, scenes, args.aspect_ratio, args.seed, **sampling)
+            scores = evaluate_pipeline(pipe, scenes, args.aspect_ratio, args.seed, args.given_scales, **sampling)
             title = f"prompt adherence of {args.weights or 'the embedded model'} on held-out prompts ({args.aspect_ratio}, {sampling or 'defaults'})"
+            if args.given_scales:
+                title += f", first {args.given_scales} scales from the ground truth"
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..data.scene_parser import ATTRIBUTES, ParsedScene, object_recall, parse_image, scene_matches
 from ..data.shapes import Scene, caption, held_out_scenes, render
-from ..images import psnr, to_tensor
+from ..images import psnr, to_pil, to_tensor
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer
 
@@ -86,13 +86,33 @@ def evaluate_tokenizer(tokenizer: BitwiseTokenizer, schedule: Schedule, scenes: 
     return scores
 
 
-def evaluate_pipeline(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1", seed: int = 0, **sampling) -> Scores:
-    """Generate one image per held-out caption (seed + i) and check it with the parser."""
+def evaluate_pipeline(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1", seed: int = 0,
+                      given_scales: int = 0, **sampling) -> Scores:
+    """Generate one image per held-out caption (seed + i) and check it with the parser.
+
+    given_scales: the first scales are not sampled but taken from the tokenizer's bits of the scene's ground-truth
+    render, which locates the errors: with k given scales only scales k+1..K can go wrong (all K: the tokenizer's
+    reconstruction).
+    """
+    num_scales = pipe.schedule(aspect_ratio).num_scales
+    if not 0 <= given_scales <= num_scales:
+        raise ValueError(f"given_scales must be in 0..{num_scales} for {aspect_ratio}, got {given_scales}")
     scores = Scores()
     for i, scene in enumerate(scenes):
-        out = pipe(caption(scene), aspect_ratio=aspect_ratio, seed=seed + i, **sampling)
-        scores.add(len(scene.objects), parse_image(np.asarray(out.image)), scene)
+        image = generate_for_scene(pipe, scene, aspect_ratio, seed + i, given_scales, **sampling)
+        scores.add(len(scene.objects), parse_image(np.asarray(image)), scene)
     return scores
+
+
+def generate_for_scene(pipe, scene: Scene, aspect_ratio: str, seed: int, given_scales: int = 0, **sampling) -> Image.Image:
+    """The pipeline's image for the scene's caption, its first `given_scales` scales from the ground truth."""
+    if not given_scales:
+        return pipe(caption(scene), aspect_ratio=aspect_ratio, seed=seed, **sampling).image
+    H, W = pipe.schedule(aspect_ratio).pixel_hw
+    bits = pipe.encode_image(Image.fromarray(render(scene, H, W)), aspect_ratio)
+    events = list(pipe.stream(caption(scene), aspect_ratio=aspect_ratio, seed=seed, prefix_bits=bits[:given_scales],
+                              preview=False, **sampling))
+    return to_pil(events[-1].image_B3HW[0])
 
 
 def to_tensor_np(img_HW3: np.ndarray) -> torch.Tensor:
