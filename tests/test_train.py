@@ -21,6 +21,7 @@ from infinity.train.transformer_trainer import (
     TransformerLoss,
     TransformerTask,
     bitwise_cross_entropy,
+    object_token_weights,
     scale_weights,
 )
 from infinity.tokenizer import SelfCorrection
@@ -85,6 +86,30 @@ def test_decoder_only_keeps_the_bits_and_trains_the_decoder(tmp_path, tiny_token
 def test_transformer_step_lowers_loss_on_a_fixed_batch(tiny_tokenizer_file):
     torch.manual_seed(0)
     before, after = _one_step_lowers_loss(_transformer_task(tiny_tokenizer_file))
+    assert after < before
+
+
+def test_object_token_weights_follow_the_objects():
+    from infinity.data.shapes import Scene, ShapeObject, render
+
+    schedule = TINY.schedules["1:1"]  # 32 px, token grids 1, 2, 4, 8
+    scene = Scene((ShapeObject("square", "red", "large", "at the top left"),), "gray")
+    img = torch.from_numpy(render(scene, 32, 32)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    w_BL = object_token_weights(img.repeat(2, 1, 1, 1), schedule, 3.0)
+    assert w_BL.shape == (2, schedule.seq_len) and torch.equal(w_BL[0], w_BL[1])
+    last = w_BL[0, -64:].view(8, 8)  # the square covers pixels 1 to 9 of the top-left 10.7 px cell
+    assert last[0, 0] == 1 + 3 * 9 / 16 and last[1, 1] == 4.0 and (last[3:, :] == 1).all() and (last[:, 3:] == 1).all()
+    assert w_BL[0, 0] == pytest.approx(1 + 3 * (last - 1).sum().item() / 3 / 64, rel=1e-5)  # the 1x1 token: the mean cover
+    assert object_token_weights(torch.zeros(1, 3, 32, 32), schedule, 3.0).eq(1).all()
+    with pytest.raises(ValueError, match="object_weight"):
+        TransformerLoss(object_weight=-1)
+
+
+def test_object_weighted_transformer_step_lowers_loss(tiny_tokenizer_file):
+    task = _transformer_task(tiny_tokenizer_file)
+    task.loss_cfg = TransformerLoss(scale_weight_power=0.5, object_weight=4.0)
+    torch.manual_seed(0)
+    before, after = _one_step_lowers_loss(task)
     assert after < before
 
 

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest flip probability (default: %(default)s)")
     t.add_argument("--cond-dropout", type=float, default=0.1,
                    help="fraction of prompts dropped for classifier-free guidance (default: %(default)s)")
+    t.add_argument("--object-weight", type=float, default=0.0,
+                   help="tokens weigh 1 + this x the share of their cell covered by objects (pixels unlike the "
+                        "image's border), so the few tokens that draw objects count (default: %(default)s)")
     t.add_argument("--sample-cfg", type=float, default=3.0, help="CFG of the sample grids (default: %(default)s)")
     t.add_argument("--head", choices=("bits", "index"), default="bits",
                    help="bits: the paper's bitwise classifier; index: a softmax over all 2^d indices, VAR-style, "
@@ -140,6 +143,7 @@ def _task(args: argparse.Namespace, run: RunConfig):
     loss = TransformerLoss(
         scale_weight_power=args.scale_weight_power, self_correction_scales=args.self_correction_scales,
         self_correction_strength=args.self_correction_strength, cond_dropout=args.cond_dropout,
+        object_weight=args.object_weight,
     )
     config = dataclasses.replace(recipe.transformer, head=args.head)
     return TransformerTask(config, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,

@@ -5,7 +5,9 @@ flips a random fraction of the bits of the first scales and re-quantizes the lat
 Algorithm 4), which gives both the inputs and the targets; a fraction of the prompts is replaced by the learned
 empty prompt (classifier-free guidance); the loss is the cross-entropy of each of the d bits (the
 Infinite-Vocabulary Classifier; or, with an index-wise head, of the 2^d-way index), every token of scale k weighted by l_k^-power (power 0: all tokens equal;
-1: every scale counts as much as any other, however few tokens it has).
+1: every scale counts as much as any other, however few tokens it has), and with an object weight w by
+1 + w * the share of its cell that objects cover (pixels unlike the image's border): the few tokens that draw
+objects count more than the many that repeat the background.
 
 Legend: B batch (this process), G global batch, L tokens of all scales, d bits, V logits per token, T text tokens.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoints import load_official_transformer, save_model
 from ..sampling import sample_scales
@@ -27,6 +30,7 @@ from ..tokenizer.model import latent_scales, spatial_patch
 from ..transformer import Infinity, TransformerConfig
 from .data import ShapesSource, make_source
 from .engine import Distributed, config_dict, load_init_weights, save_grid, step_generator
+from .tokenizer_trainer import background_mask
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +41,11 @@ class TransformerLoss:
     self_correction_scales: int = 0  # corrupt the first n scales (0: plain teacher forcing)
     self_correction_strength: float = 0.3  # largest flip probability
     cond_dropout: float = 0.1  # fraction of prompts replaced by the learned empty prompt
+    object_weight: float = 0.0  # extra token weight x the share of the token's cell covered by objects
 
     def __post_init__(self) -> None:
-        if self.scale_weight_power < 0 or not 0 <= self.cond_dropout < 1:
-            raise ValueError(f"need scale_weight_power >= 0 and 0 <= cond_dropout < 1: {self}")
+        if self.scale_weight_power < 0 or not 0 <= self.cond_dropout < 1 or self.object_weight < 0:
+            raise ValueError(f"need scale_weight_power >= 0, 0 <= cond_dropout < 1, object_weight >= 0: {self}")
         SelfCorrection(self.self_correction_scales, self.self_correction_strength)  # validates
 
 
@@ -68,8 +73,15 @@ def scale_weights(schedule: Schedule, power: float) -> torch.Tensor:
     return w / w.mean()
 
 
+def object_token_weights(img_B3HW: torch.Tensor, schedule: Schedule, object_weight: float) -> torch.Tensor:
+    """(B, L): 1 + object_weight * the share of each token's cell covered by objects, scales concatenated."""
+    mask_B1HW = background_mask(img_B3HW).float()
+    cover_BL = torch.cat([F.interpolate(mask_B1HW, size=hw, mode="area").flatten(1) for hw in schedule.scales], dim=1)
+    return 1 + object_weight * cover_BL
+
+
 def bitwise_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
-    """Mean over bits, weighted mean over tokens, mean over the batch, of -log p(target bit)."""
+    """Mean over bits, weighted mean over tokens, mean over the batch, of -log p(target bit); weights (L,) or (B, L)."""
     B, L, d = targets_BLd.shape
     logp_BLd2 = logits_BLV.float().view(B, L, d, 2).log_softmax(dim=-1)
     nll_BLd = -logp_BLd2.gather(-1, targets_BLd.long().unsqueeze(-1)).squeeze(-1)
@@ -181,9 +193,12 @@ class TransformerTask:
             text_BTE, lens_B = self.text(batch.captions, self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits_BLV = self.wrapped(text_BTE, lens_B, x_BLd, schedule, drop_text_B=drop_B)
-        weights_L = scale_weights(schedule, self.loss_cfg.scale_weight_power)
+        weights = scale_weights(schedule, self.loss_cfg.scale_weight_power).to(self.device)
+        if self.loss_cfg.object_weight:
+            weights = weights * object_token_weights(x, schedule, self.loss_cfg.object_weight)
+            weights = weights / weights.mean()
         head = self.config.head
-        loss = (bitwise_cross_entropy if head == "bits" else index_cross_entropy)(logits_BLV, targets_BLd, weights_L)
+        loss = (bitwise_cross_entropy if head == "bits" else index_cross_entropy)(logits_BLV, targets_BLd, weights)
         with torch.no_grad():
             B, L, d = targets_BLd.shape
             correct_BL = (predicted_bits(logits_BLV, d, head) == targets_BLd).float().mean(-1)
