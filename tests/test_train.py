@@ -286,6 +286,22 @@ def test_killed_process_leaves_a_loadable_checkpoint(tmp_path):
     assert "resumed" in resumed.stderr
 
 
+def test_export_writes_a_pipeline_with_per_scale_defaults(tmp_path, tiny_tokenizer_file, capsys):
+    from infinity import InfinityPipeline
+    from infinity.train.__main__ import main
+    from infinity.transformer import Infinity
+
+    transformer = save_model(Infinity(TINY.transformer), tmp_path / "transformer.safetensors")
+    args = ["export", "--recipe", "shapes-tiny", "--tokenizer", str(tiny_tokenizer_file),
+            "--transformer", str(transformer), "--out", str(tmp_path / "model"), "--example", "a red circle at the top"]
+    assert main([*args, "--cfg-schedule", "1", "2", "3", "4", "--tau-schedule", "1", "1", "0.5", "0.5"]) == 0
+    pipe = InfinityPipeline.from_pretrained(str(tmp_path / "model"))
+    assert pipe.defaults.cfg_schedule == (1, 2, 3, 4) and pipe.defaults.tau_schedule == (1, 1, 0.5, 0.5)
+    assert pipe.examples == ("a red circle at the top",)
+    assert main([*args, "--cfg-schedule", "1", "2"]) == 2
+    assert "cfg_schedule has 2 values" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "infinity.train",
                           *_cli(tmp_path, "--steps", "1", "--data", "nope.jsonl")],

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aspect-ratio", default="1:1", help="(default: %(default)s)")
     p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
     p.add_argument("--tau", type=float, default=None, help="temperature (default: the model's)")
+    p.add_argument("--cfg-schedule", type=float, nargs="+", default=None, metavar="CFG",
+                   help="one guidance weight per scale, coarse to fine (replaces --cfg)")
+    p.add_argument("--tau-schedule", type=float, nargs="+", default=None, metavar="TAU",
+                   help="one temperature per scale, coarse to fine (replaces --tau)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--given-scales", type=int, default=0,
                    help="take the first scales from the ground truth's tokens and sample the rest: where do the "
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             from ..pipeline import InfinityPipeline
 
             pipe = InfinityPipeline.from_pretrained(args.weights, device=args.device)
-            sampling = {k: v for k, v in (("cfg", args.cfg), ("tau", args.tau)) if v is not None}
+            sampling = {k: v for k, v in (("cfg", args.cfg), ("tau", args.tau), ("cfg_schedule", args.cfg_schedule),
+                                          ("tau_schedule", args.tau_schedule)) if v is not None}
             scores = evaluate_pipeline(pipe, scenes, args.aspect_ratio, args.seed, args.given_scales, **sampling)
             title = f"prompt adherence of {args.weights or 'the embedded model'} on held-out prompts ({args.aspect_ratio}, {sampling or 'defaults'})"
             if args.given_scales:

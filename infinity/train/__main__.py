@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="the model folder to write (e.g. assets/embedded)")
     ex.add_argument("--cfg", type=float, default=3.0, help="default guidance weight (default: %(default)s)")
     ex.add_argument("--tau", type=float, default=1.0, help="default temperature (default: %(default)s)")
+    ex.add_argument("--cfg-schedule", type=float, nargs="+", default=None, metavar="CFG",
+                    help="default guidance weight per scale, coarse to fine (replaces --cfg)")
+    ex.add_argument("--tau-schedule", type=float, nargs="+", default=None, metavar="TAU",
+                    help="default temperature per scale, coarse to fine (replaces --tau)")
     ex.add_argument("--example", action="append", default=[], help="an example prompt for the app (repeatable)")
     return parser
 
@@ -160,8 +164,9 @@ def export(args: argparse.Namespace) -> None:
     tokenizer, transformer = load_model(args.tokenizer), load_model(args.transformer)
     if (tokenizer.config, transformer.config) != (recipe.tokenizer, recipe.transformer):
         raise ValueError(f"the weights are not those of the recipe {args.recipe}")
+    defaults = SamplingDefaults(cfg=args.cfg, tau=args.tau, cfg_schedule=args.cfg_schedule, tau_schedule=args.tau_schedule)
     text = load_text_encoder(recipe.text_encoder, torch.device("cpu"), recipe.transformer.text_maxlen)
-    pipe = InfinityPipeline(tokenizer, transformer, text, recipe.schedules, SamplingDefaults(cfg=args.cfg, tau=args.tau),
+    pipe = InfinityPipeline(tokenizer, transformer, text, recipe.schedules, defaults,
                             name=args.recipe, device="cpu", dtype=torch.float32, examples=args.example)
     logger.info("wrote %s", pipe.save_pretrained(args.out))
 
