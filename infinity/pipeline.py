@@ -310,12 +310,14 @@ class InfinityPipeline:
         seed: int = 0,
         cfg_schedule: Sequence[float] | None = None,
         tau_schedule: Sequence[float] | None = None,
+        prefix_bits: Sequence[torch.Tensor] | None = None,
     ) -> PipelineOutput:
-        """Generate one image; the same seed and options give the same image on the same device."""
+        """Generate one image; the same seed and options give the same image on the same device.
+        prefix_bits: the bits of the first scales, kept instead of sampled (as in `stream`)."""
         start = time.perf_counter()
         events = list(self.stream(
             prompt, negative_prompt, aspect_ratio, cfg, tau, top_k, top_p, seed, cfg_schedule, tau_schedule,
-            preview=False,
+            preview=False, prefix_bits=prefix_bits,
         ))
         image = to_pil(events[-1].image_B3HW[0])
         seconds = time.perf_counter() - start

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..data.scene_parser import ATTRIBUTES, ParsedScene, object_recall, parse_image, scene_matches
 from ..data.shapes import Scene, caption, held_out_scenes, render
-from ..images import psnr, to_pil, to_tensor
+from ..images import psnr, to_tensor
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer
 
@@ -106,13 +106,11 @@ def evaluate_pipeline(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1", 
 
 def generate_for_scene(pipe, scene: Scene, aspect_ratio: str, seed: int, given_scales: int = 0, **sampling) -> Image.Image:
     """The pipeline's image for the scene's caption, its first `given_scales` scales from the ground truth."""
-    if not given_scales:
-        return pipe(caption(scene), aspect_ratio=aspect_ratio, seed=seed, **sampling).image
-    H, W = pipe.schedule(aspect_ratio).pixel_hw
-    bits = pipe.encode_image(Image.fromarray(render(scene, H, W)), aspect_ratio)
-    events = list(pipe.stream(caption(scene), aspect_ratio=aspect_ratio, seed=seed, prefix_bits=bits[:given_scales],
-                              preview=False, **sampling))
-    return to_pil(events[-1].image_B3HW[0])
+    prefix_bits = None
+    if given_scales:
+        H, W = pipe.schedule(aspect_ratio).pixel_hw
+        prefix_bits = pipe.encode_image(Image.fromarray(render(scene, H, W)), aspect_ratio)[:given_scales]
+    return pipe(caption(scene), aspect_ratio=aspect_ratio, seed=seed, prefix_bits=prefix_bits, **sampling).image
 
 
 def to_tensor_np(img_HW3: np.ndarray) -> torch.Tensor:
