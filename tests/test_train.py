@@ -366,3 +366,63 @@ def test_fsdp_on_two_gloo_processes_equals_one_process(tmp_path, tiny_tokenizer_
     assert load_model(tmp_path / "fsdp" / "transformer.safetensors").config == TINY.transformer
     _run(["transformer", "--out", str(tmp_path / "fsdp"), "--fsdp", "--resume", *tr[:3], "4", *tr[4:]], processes=2)
     assert load_checkpoint(tmp_path / "fsdp" / "checkpoint.pt")["step"] == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory, tiny_tokenizer_file) -> Path:
+    """A pipeline folder whose transformer (random weights) samples the bits of tiny_tokenizer_file's encoder."""
+    from infinity.train.__main__ import main
+    from infinity.transformer import Infinity
+
+    folder = tmp_path_factory.mktemp("sampler")
+    torch.manual_seed(0)
+    transformer = save_model(Infinity(TINY.transformer), folder / "weights.safetensors")
+    assert main(["export", "--recipe", "shapes-tiny", "--tokenizer", str(tiny_tokenizer_file),
+                 "--transformer", str(transformer), "--out", str(folder / "model"), "--tau", "0.5"]) == 0
+    return folder / "model"
+
+
+def test_decoder_trains_on_the_transformers_samples(tmp_path, tiny_tokenizer_file, tiny_model_folder):
+    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sample_from=str(tiny_model_folder),
+                           sample_share=0.5, sample_given_scales=1)
+    assert task.identity()["sample_from"] == str(tiny_model_folder)
+    run = RunConfig(out_dir=str(tmp_path), steps=3, batch_size=4, optim=OptimConfig(warmup_steps=1), progress=False,
+                    log_every=1)
+    train(task, run, CPU)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < line["psnr_from_samples"] < 100 for line in lines if "loss" in line)
+    old, new = load_model(tiny_tokenizer_file).state_dict(), load_model(tmp_path / "tokenizer.safetensors").state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("encoder."))
+    assert not all(torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+
+
+def test_sampled_features_keep_the_given_scales_of_the_image(tiny_tokenizer_file, tiny_model_folder):
+    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sample_from=str(tiny_model_folder))
+    schedule, d = TINY.schedules["1:1"], TINY.tokenizer.bits
+    batch = task.source.batch(0, 3, slice(0, 3))
+    x = batch.images_B3HW
+    truth = task.model.encode_scales(x, schedule.scales).quantized
+    K = schedule.num_scales
+    given_all_but_last = task.sampler.features(x, batch.captions, schedule, K - 1, seed=1)
+    # only the last scale was sampled: F differs from the truth by whole flipped bits of the last codes (+-2/sqrt(d))
+    gap = (given_all_but_last - truth).abs()
+    assert torch.allclose(gap[gap > 1e-5], torch.tensor(2 / d**0.5)) and (gap > 1e-5).any()
+    assert torch.equal(task.sampler.features(x, batch.captions, schedule, 1, seed=1),
+                       task.sampler.features(x, batch.captions, schedule, 1, seed=1))
+    assert not torch.equal(task.sampler.features(x, batch.captions, schedule, 1, seed=1),
+                           task.sampler.features(x, batch.captions, schedule, 1, seed=2))
+
+
+def test_training_on_samples_refuses_what_cannot_work(tmp_path, tiny_tokenizer_file, tiny_model_folder):
+    init, folder = str(tiny_tokenizer_file), str(tiny_model_folder)
+    with pytest.raises(ValueError, match="--decoder-only"):
+        _tokenizer_task(init_from=init, sample_from=folder)
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_share=share)
+    with pytest.raises(ValueError, match="at least one to sample"):
+        _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_given_scales=4)
+    torch.manual_seed(1)
+    other = save_model(BitwiseTokenizer(TINY.tokenizer), tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="another encoder"):
+        _tokenizer_task(init_from=str(other), decoder_only=True, sample_from=folder)

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--decoder-only", action="store_true",
                    help="freeze the encoder of --init-from and train the decoder only: the bits stay the same, so a "
                         "transformer trained on them meanwhile stays valid")
+    t.add_argument("--sample-from", default=None, metavar="MODEL_DIR",
+                   help="with --decoder-only: decode part of each batch from the bits this model folder's "
+                        "transformer samples for the captions (its default cfg and tau), so that the decoder learns "
+                        "the transformer's outputs; the folder's tokenizer must have --init-from's encoder")
+    t.add_argument("--sample-share", type=float, default=0.5,
+                   help="share of each batch decoded from the transformer's samples (default: %(default)s)")
+    t.add_argument("--sample-given-scales", type=int, default=2,
+                   help="with --sample-from: the first N scales' bits come from the image, so the sample shows "
+                        "its scene (background included; default: %(default)s)")
     t.add_argument("--perceptual-weight", type=float, default=0.0,
                    help="LPIPS; needs the lpips package and its weights (default: %(default)s)")
 
@@ -140,7 +149,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
         )
         return TokenizerTask(recipe.tokenizer, recipe.schedules, loss, args.data, args.batch_size, args.seed,
                              run.optim, init_from=args.init_from, crop_size=args.crop_size,
-                             decoder_only=args.decoder_only)
+                             decoder_only=args.decoder_only, sample_from=args.sample_from,
+                             sample_share=args.sample_share, sample_given_scales=args.sample_given_scales)
     tokenizer = load_model(args.tokenizer)
     if not isinstance(tokenizer, BitwiseTokenizer):
         raise ValueError(f"{args.tokenizer} is not a tokenizer")

@@ -14,6 +14,14 @@ Loss of a batch (weights are options; 0 turns a term off):
 With `decoder_only`, the encoder (and so every bit it produces) is frozen and only the decoder learns: the
 fine-tuning that sharpens reconstructions while a transformer trains on the same, unchanging bits.
 
+With `sample_from` (a model folder whose transformer was trained on this encoder's bits) and `decoder_only`, a
+share of every batch is decoded not from the encoder's bits of the image but from the bits that transformer
+samples for the image's caption (the folder's default cfg and tau), the bits of the first `sample_given_scales`
+scales taken from the image so that the sample and the image show the same scene (on the shapes data the
+first two, 1x1 and 2x2, fix the background, which captions often leave open). The
+decoder learns to turn the transformer's own outputs, errors included, into the scene; the rest of the batch
+keeps its reconstruction honest. Without this, the decoder only ever meets the encoder's bits.
+
 With `crop_size`, every image is cut to a random square crop first and quantized on the scales of the
 schedule that fit the crop: the networks are convolutional, so crops teach the same local reconstruction at a
 fraction of the cost (4x fewer pixels for 64 px crops of 128 px images).
@@ -29,11 +37,14 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_official_tokenizer, save_model
 from ..images import psnr
+from ..options import sampler_options
+from ..sampling import sample_image
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer, TokenizerConfig
+from ..tokenizer.model import latent_scales, patchify_bits
 from .data import Batch, ShapesSource, make_source
 from .discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
-from .engine import Distributed, OptimConfig, adamw, config_dict, load_init_weights, save_grid, step_generator
+from .engine import Distributed, OptimConfig, adamw, config_dict, load_init_weights, save_grid, step_generator, step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +102,49 @@ def _perceptual_loss():
         raise ValueError(f"LPIPS could not load its VGG weights ({e}); train with --perceptual-weight 0") from None
 
 
+class CaptionSampler:
+    """A trained transformer (with its text encoder and default cfg / tau) that samples F_K for captions."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def to(self, device: torch.device) -> None:
+        self.pipe.transformer.to(device)
+        self.pipe.tokenizer.to(device)
+        self.pipe.device = device
+
+    @torch.no_grad()
+    def features(
+        self, img_B3HW: torch.Tensor, captions: list[str], schedule: Schedule, given: int, seed: int
+    ) -> torch.Tensor:
+        """F_K (B, d, H, W): the sum of the codes the transformer samples for the captions, the bits of the first
+        `given` scales those of the images."""
+        pipe, s = self.pipe, self.pipe.spatial_patch
+        bits = pipe.tokenizer.encode_scales(img_B3HW, latent_scales(schedule.scales, s)).bits[:given]
+        text_BTE, lens_B = pipe.text_encoder.encode(captions)
+        options = sampler_options(pipe.defaults, schedule.num_scales, None, None, None, None, None, None)
+        generator = torch.Generator(pipe.device).manual_seed(seed)
+        event = sample_image(pipe.transformer, pipe.tokenizer, text_BTE.to(pipe.device), lens_B.to(pipe.device),
+                             schedule, generator=generator, prefix_bits=[patchify_bits(b, s) for b in bits], **options)
+        return event.F_BdHW
+
+
+def _load_sampler(folder: str, tokenizer: BitwiseTokenizer, schedules: dict[str, Schedule]) -> CaptionSampler:
+    """The model folder's pipeline, checked to sample the bits of `tokenizer`'s encoder on `schedules`."""
+    from ..pipeline import InfinityPipeline
+
+    pipe = InfinityPipeline.from_pretrained(folder, device="cpu", dtype=torch.float32, local_files_only=True)
+    if pipe.tokenizer.config != tokenizer.config or any(
+        not torch.equal(a, b) for a, b in zip(pipe.tokenizer.encoder.state_dict().values(),
+                                              tokenizer.encoder.state_dict().values())
+    ):
+        raise ValueError(f"{folder}: its transformer was trained on another encoder's bits than --init-from's")
+    for name, schedule in schedules.items():
+        if name not in pipe.schedules or pipe.schedules[name].scales != schedule.scales:
+            raise ValueError(f"{folder}: no schedule {name} {list(schedule.scales)} (it has {sorted(pipe.schedules)})")
+    return CaptionSampler(pipe)
+
+
 class TokenizerTask:
     def __init__(
         self,
@@ -104,13 +158,27 @@ class TokenizerTask:
         init_from: str | None = None,
         crop_size: int = 0,
         decoder_only: bool = False,
+        sample_from: str | None = None,
+        sample_share: float = 0.5,
+        sample_given_scales: int = 2,
     ):
         if crop_size and (crop_size % config.patch_size or crop_size > min(min(s.pixel_hw) for s in schedules.values())):
             raise ValueError(f"crop size {crop_size} must be a multiple of the patch size {config.patch_size} "
                              f"and fit every image of the schedules")
         if decoder_only and not init_from:
             raise ValueError("decoder-only fine-tuning needs the trained tokenizer to start from (--init-from)")
+        if sample_from and not decoder_only:
+            raise ValueError("training the decoder on a transformer's samples needs --decoder-only: the transformer "
+                             "was trained on the bits of this encoder, which must not change")
+        if sample_from and not 0 < sample_share <= 1:
+            raise ValueError(f"the share of the batch decoded from samples must be in (0, 1], got {sample_share}")
+        if sample_from and not 0 <= sample_given_scales < min(s.num_scales for s in schedules.values()):
+            raise ValueError(f"the scales given from the image must leave at least one to sample, got {sample_given_scales}")
+        if sample_from and crop_size:
+            raise ValueError("the transformer samples whole images: --sample-from does not go with --crop-size")
         self.crop_size, self.decoder_only = crop_size, decoder_only
+        self.sample_from, self.sample_share = sample_from, sample_share if sample_from else 0.0
+        self.sample_given_scales = sample_given_scales if sample_from else 0
         self.config, self.schedules, self.loss_cfg = config, schedules, loss
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.model = BitwiseTokenizer(config)
@@ -119,6 +187,7 @@ class TokenizerTask:
             self.model.load_state_dict(init.state_dict())
         if decoder_only:
             self.model.encoder.requires_grad_(False)
+        self.sampler = _load_sampler(sample_from, self.model, schedules) if sample_from else None
         self.source = make_source(data, schedules, seed)
         self.discriminator = PatchDiscriminator() if loss.gan > 0 else None
         self.disc_optimizer = adamw(self.discriminator, optim) if self.discriminator is not None else None
@@ -128,11 +197,16 @@ class TokenizerTask:
         return {
             "kind": "tokenizer", "config": self.config.to_dict(), "loss": config_dict(self.loss_cfg),
             "data": self.data, "batch_size": self.batch_size, "seed": self.seed, "crop_size": self.crop_size,
-            "decoder_only": self.decoder_only,
+            "decoder_only": self.decoder_only, "sample_from": self.sample_from, "sample_share": self.sample_share,
+            "sample_given_scales": self.sample_given_scales,
             "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
         }
 
     def setup(self, dist: Distributed, wrapped: torch.nn.Module) -> None:
+        if self.sampler is not None:
+            if dist.world_size > 1:
+                raise ValueError("--sample-from trains in one process (the sampled rows bypass DDP's forward)")
+            self.sampler.to(dist.device)
         self.wrapped = wrapped
         if self.discriminator is not None:
             self.discriminator.to(dist.device)
@@ -147,14 +221,22 @@ class TokenizerTask:
         if self.crop_size:
             x, scales = random_crops(x, scales, self.crop_size, self.config.patch_size,
                                      step_generator(self.seed, step, "crop"), self.batch_size, dist.shard(self.batch_size))
-        recon, codes = self.wrapped(x, scales)
+        m = round(self.sample_share * x.shape[0])  # the first m rows are decoded from the transformer's samples
+        recon, codes = self.wrapped(x[m:], scales)
         q_losses = codes.losses
+        metrics = {"psnr": float(psnr(recon.detach().clamp(-1, 1), x[m:]).mean()),
+                   "feature_gap": float(q_losses["feature_commitment"].detach())}
+        if m:
+            sampled_F = self.sampler.features(x[:m], batch.captions[:m], self.schedules[batch.aspect_ratio],
+                                              self.sample_given_scales, step_seed(self.seed, step, "samples"))
+            recon_sampled = self.model.decoder(sampled_F)
+            metrics["psnr_from_samples"] = float(psnr(recon_sampled.detach().clamp(-1, 1), x[:m]).mean())
+            recon = torch.cat([recon_sampled, recon])
         cfg = self.loss_cfg
         weight = 1 + cfg.object_weight * background_mask(x).float() if cfg.object_weight else 1.0
         l1 = ((recon - x).abs() * weight).mean()
         total = cfg.recon * l1 + cfg.entropy * q_losses["entropy_penalty"] + cfg.commitment * q_losses["commitment"]
-        metrics = {"l1": float(l1.detach()), "psnr": float(psnr(recon.detach().clamp(-1, 1), x).mean()),
-                   "feature_gap": float(q_losses["feature_commitment"].detach())}
+        metrics["l1"] = float(l1.detach())
         if cfg.feature_commitment:
             total = total + cfg.feature_commitment * q_losses["feature_commitment"]
         if cfg.color:
