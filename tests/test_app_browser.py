@@ -122,7 +122,7 @@ def test_bad_input_is_a_message_and_the_page_goes_on(page):
 
 
 def test_every_tab(page):
-    page.locator("#prompt textarea").fill("a large purple circle in the center on a white background")
+    page.locator("#prompt textarea").fill("a large red circle at the top left on a black background")
     page.locator("#generate").click()
     page.locator("#image img").wait_for()
     page.get_by_text("Done: seed").wait_for()

@@ -417,7 +417,7 @@ def test_training_on_samples_refuses_what_cannot_work(tmp_path, tiny_tokenizer_f
     init, folder = str(tiny_tokenizer_file), str(tiny_model_folder)
     with pytest.raises(ValueError, match="--decoder-only"):
         _tokenizer_task(init_from=init, sample_from=folder)
-    for share in (0.0, 1.5):
+    for share in (0.0, 1.0):
         with pytest.raises(ValueError, match="share"):
             _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_share=share)
     with pytest.raises(ValueError, match="at least one to sample"):

@@ -170,8 +170,9 @@ class TokenizerTask:
         if sample_from and not decoder_only:
             raise ValueError("training the decoder on a transformer's samples needs --decoder-only: the transformer "
                              "was trained on the bits of this encoder, which must not change")
-        if sample_from and not 0 < sample_share <= 1:
-            raise ValueError(f"the share of the batch decoded from samples must be in (0, 1], got {sample_share}")
+        if sample_from and not 0 < sample_share < 1:
+            raise ValueError(f"the share of the batch decoded from samples must be in (0, 1), got {sample_share}: "
+                             "the rest keeps reconstructing the encoder's bits")
         if sample_from and not 0 <= sample_given_scales < min(s.num_scales for s in schedules.values()):
             raise ValueError(f"the scales given from the image must leave at least one to sample, got {sample_given_scales}")
         if sample_from and crop_size:
