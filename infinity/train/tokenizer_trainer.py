@@ -105,8 +105,8 @@ def _perceptual_loss():
 class CaptionSampler:
     """A trained transformer (with its text encoder and default cfg / tau) that samples F_K for captions."""
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def __init__(self, pipe, text_cache):
+        self.pipe, self.text_cache = pipe, text_cache  # captions repeat across steps: encode each once
 
     def to(self, device: torch.device) -> None:
         self.pipe.transformer.to(device)
@@ -121,17 +121,18 @@ class CaptionSampler:
         `given` scales those of the images."""
         pipe, s = self.pipe, self.pipe.spatial_patch
         bits = pipe.tokenizer.encode_scales(img_B3HW, latent_scales(schedule.scales, s)).bits[:given]
-        text_BTE, lens_B = pipe.text_encoder.encode(captions)
+        text_BTE, lens_B = self.text_cache(captions, pipe.device)
         options = sampler_options(pipe.defaults, schedule.num_scales, None, None, None, None, None, None)
         generator = torch.Generator(pipe.device).manual_seed(seed)
-        event = sample_image(pipe.transformer, pipe.tokenizer, text_BTE.to(pipe.device), lens_B.to(pipe.device),
-                             schedule, generator=generator, prefix_bits=[patchify_bits(b, s) for b in bits], **options)
+        event = sample_image(pipe.transformer, pipe.tokenizer, text_BTE, lens_B, schedule, generator=generator,
+                             prefix_bits=[patchify_bits(b, s) for b in bits], **options)
         return event.F_BdHW
 
 
 def _load_sampler(folder: str, tokenizer: BitwiseTokenizer, schedules: dict[str, Schedule]) -> CaptionSampler:
     """The model folder's pipeline, checked to sample the bits of `tokenizer`'s encoder on `schedules`."""
     from ..pipeline import InfinityPipeline
+    from .transformer_trainer import TextCache  # imported here: the transformer trainer imports this module
 
     pipe = InfinityPipeline.from_pretrained(folder, device="cpu", dtype=torch.float32, local_files_only=True)
     if pipe.tokenizer.config != tokenizer.config or any(
@@ -142,7 +143,7 @@ def _load_sampler(folder: str, tokenizer: BitwiseTokenizer, schedules: dict[str,
     for name, schedule in schedules.items():
         if name not in pipe.schedules or pipe.schedules[name].scales != schedule.scales:
             raise ValueError(f"{folder}: no schedule {name} {list(schedule.scales)} (it has {sorted(pipe.schedules)})")
-    return CaptionSampler(pipe)
+    return CaptionSampler(pipe, TextCache(pipe.text_encoder))
 
 
 class TokenizerTask:
