@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens weigh 1 + this x the share of their cell covered by objects (pixels unlike the "
                         "image's border), so the few tokens that draw objects count (default: %(default)s)")
     t.add_argument("--sample-cfg", type=float, default=3.0, help="CFG of the sample grids (default: %(default)s)")
+    t.add_argument("--depth", type=int, default=0,
+                   help="transformer blocks (0: the recipe's); --init-from may then hold a shallower model of the "
+                        "recipe, whose blocks are kept and the new ones added on top as identities (default: %(default)s)")
     t.add_argument("--head", choices=("bits", "index"), default="bits",
                    help="bits: the paper's bitwise classifier; index: a softmax over all 2^d indices, VAR-style, "
                         "for comparison at small d (default: %(default)s)")
@@ -159,7 +162,7 @@ def _task(args: argparse.Namespace, run: RunConfig):
         self_correction_strength=args.self_correction_strength, cond_dropout=args.cond_dropout,
         object_weight=args.object_weight,
     )
-    config = dataclasses.replace(recipe.transformer, head=args.head)
+    config = dataclasses.replace(recipe.transformer, head=args.head, depth=args.depth or recipe.transformer.depth)
     return TransformerTask(config, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
                            args.data, args.batch_size, args.seed, init_from=args.init_from, sample_cfg=args.sample_cfg)
 
@@ -172,8 +175,9 @@ def export(args: argparse.Namespace) -> None:
 
     recipe = RECIPES[args.recipe]
     tokenizer, transformer = load_model(args.tokenizer), load_model(args.transformer)
-    if (tokenizer.config, transformer.config) != (recipe.tokenizer, recipe.transformer):
-        raise ValueError(f"the weights are not those of the recipe {args.recipe}")
+    depth = getattr(getattr(transformer, "config", None), "depth", recipe.transformer.depth)
+    if (tokenizer.config, transformer.config) != (recipe.tokenizer, dataclasses.replace(recipe.transformer, depth=depth)):
+        raise ValueError(f"the weights are not those of the recipe {args.recipe} (a transformer of any depth)")
     defaults = SamplingDefaults(cfg=args.cfg, tau=args.tau, cfg_schedule=args.cfg_schedule, tau_schedule=args.tau_schedule)
     text = load_text_encoder(recipe.text_encoder, torch.device("cpu"), recipe.transformer.text_maxlen)
     pipe = InfinityPipeline(tokenizer, transformer, text, recipe.schedules, defaults,

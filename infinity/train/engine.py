@@ -238,13 +238,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise RuntimeError(f"{path} is not a readable training checkpoint: {e}") from e
 
 
-def load_init_weights(path: str, model_cls: type[nn.Module], config, official_loader) -> nn.Module:
-    """`--init-from`: our .safetensors (must hold the same architecture) or an official .pth (key-mapped)."""
+def load_init_weights(path: str, model_cls: type[nn.Module], config, official_loader, grow=None) -> nn.Module:
+    """`--init-from`: our .safetensors (the same architecture, or one `grow(model, config)` turns into it) or an
+    official .pth (key-mapped)."""
     from ..checkpoints import load_model
 
     if not path.endswith(".safetensors"):
         return official_loader(path, config)
     model = load_model(path)
+    if isinstance(model, model_cls) and model.config != config and grow is not None:
+        try:
+            return grow(model, config)
+        except ValueError:
+            pass  # not a model `grow` handles: the error below says what was expected
     if not isinstance(model, model_cls) or model.config != config:
         raise ValueError(f"{path} holds another model than the {model_cls.__name__} being trained ({config})")
     return model

@@ -30,6 +30,7 @@ from ..tokenizer.model import latent_scales, spatial_patch
 from ..transformer import Infinity, TransformerConfig
 from .data import ShapesSource, make_source
 from .engine import Distributed, config_dict, load_init_weights, save_grid, step_generator
+from .grow import deepen
 from .tokenizer_trainer import background_mask
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class TransformerTask:
         self.data, self.batch_size, self.seed, self.sample_cfg = data, batch_size, seed, sample_cfg
         self.model = Infinity(config)
         if init_from:
-            init = load_init_weights(init_from, Infinity, config, load_official_transformer)
+            init = load_init_weights(init_from, Infinity, config, load_official_transformer, grow=deepen)
             self.model.load_state_dict(init.state_dict())
         self.source = make_source(data, schedules, seed)
         self.self_correction = SelfCorrection(loss.self_correction_scales, loss.self_correction_strength)
