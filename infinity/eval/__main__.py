@@ -2,6 +2,7 @@
 
     python -m infinity.eval shapes --weights assets/embedded            # prompt adherence of the pipeline
     python -m infinity.eval shapes --tokenizer runs/tok/tokenizer.safetensors   # PSNR + parser on reconstructions
+    python -m infinity.eval shapes --weights assets/embedded --teacher-forced   # bit errors per scale
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..checkpoints import CheckpointError, load_model
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import shapes_schedules
-from .shapes import evaluate_pipeline, evaluate_tokenizer, evaluation_scenes
+from .shapes import errors_table, evaluate_pipeline, evaluate_tokenizer, evaluation_scenes, teacher_forced_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--given-scales", type=int, default=0,
                    help="take the first scales from the ground truth's tokens and sample the rest: where do the "
                         "errors arise (default: %(default)s, all sampled)")
+    p.add_argument("--teacher-forced", action="store_true",
+                   help="instead of generating: the transformer's bit errors per scale, on object and background "
+                        "tokens, with every earlier scale from the ground truth (at --cfg, default 1: no guidance)")
+    p.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                   help="score held-out scenes or scenes of the training stream (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the scores to this file")
     return parser
@@ -47,7 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        scenes = evaluation_scenes({n + 1: c for n, c in enumerate(args.count) if c > 0}, args.seed)
+        scenes = evaluation_scenes({n + 1: c for n, c in enumerate(args.count) if c > 0}, args.seed, args.split)
+        if args.teacher_forced and args.tokenizer:
+            raise ValueError("--teacher-forced scores a pipeline's transformer: give --weights, not --tokenizer")
+        if args.teacher_forced:
+            from ..pipeline import InfinityPipeline
+
+            pipe = InfinityPipeline.from_pretrained(args.weights, device=args.device)
+            cfg = 1.0 if args.cfg is None else args.cfg
+            rows = teacher_forced_errors(pipe, scenes, args.aspect_ratio, cfg)
+            print(errors_table(rows, f"teacher-forced bit errors of {args.weights or 'the embedded model'} on "
+                                     f"{len(scenes)} {args.split} scenes ({args.aspect_ratio}, cfg {cfg:g})"))
+            if args.json:
+                Path(args.json).write_text(json.dumps([vars(r) for r in rows], indent=1) + "\n")
+            return 0
         if args.tokenizer:
             tokenizer = load_model(args.tokenizer, args.device)
             if not isinstance(tokenizer, BitwiseTokenizer):

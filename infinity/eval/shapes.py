@@ -3,6 +3,11 @@
 Both are scored with the deterministic scene parser (infinity.data.scene_parser): an image passes only if every
 object has the right colour, shape, size and position, and nothing else is there. PSNR alone hides wrong colours
 and shapes (a small object barely moves the mean squared error), so the tokenizer gets both.
+
+`teacher_forced_errors` looks inside the transformer instead: fed the ground truth's bits of every earlier scale
+(teacher forcing, as in training), how many bits of each scale does it predict wrong, on the tokens that draw
+objects and on the background? On training scenes as against held-out ones it tells underfitting from
+overfitting.
 """
 from __future__ import annotations
 
@@ -15,10 +20,11 @@ import torch
 from PIL import Image
 
 from ..data.scene_parser import ATTRIBUTES, ParsedScene, object_recall, parse_image, scene_matches
-from ..data.shapes import Scene, caption, held_out_scenes, render
+from ..data.shapes import Scene, ShapesDataset, caption, held_out_scenes, render
 from ..images import psnr, to_tensor
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer
+from ..tokenizer.model import latent_scales
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +72,15 @@ class Scores:
         return "\n".join(lines)
 
 
-def evaluation_scenes(counts: dict[int, int], seed: int = 0) -> list[Scene]:
-    """The fixed held-out scenes: counts[n] scenes of n objects each."""
-    return [s for n, c in sorted(counts.items()) for s in held_out_scenes(n, c, seed)]
+def evaluation_scenes(counts: dict[int, int], seed: int = 0, split: str = "heldout") -> list[Scene]:
+    """counts[n] fixed scenes of n objects each: held out (distinct combinations never trained on) or, with
+    split="train", drawn from the training stream (which a model may have seen)."""
+    if split == "heldout":
+        return [s for n, c in sorted(counts.items()) for s in held_out_scenes(n, c, seed)]
+    if split != "train":
+        raise ValueError(f"split must be heldout or train, got {split!r}")
+    return [ShapesDataset("train", seed=1000 + seed, num_objects=(n,)).scene(i)
+            for n, c in sorted(counts.items()) for i in range(c)]
 
 
 @torch.no_grad()
@@ -102,6 +114,67 @@ def evaluate_pipeline(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1", 
         image = generate_for_scene(pipe, scene, aspect_ratio, seed + i, given_scales, **sampling)
         scores.add(len(scene.objects), parse_image(np.asarray(image)), scene)
     return scores
+
+
+OBJECT_COVER = 0.05  # a token draws an object when objects cover more than this share of its cell
+
+
+@dataclass
+class ScaleErrors:
+    """Teacher-forced bit errors of one scale: object tokens (cells objects cover) and background tokens."""
+
+    grid: tuple[int, int]
+    object_tokens: int
+    object_bit_error: float  # NaN when no token of the scale draws an object
+    background_bit_error: float
+
+
+def errors_table(rows: Sequence[ScaleErrors], title: str) -> str:
+    lines = [title, f"{'scale':>6} {'grid':>7} {'object tokens':>14} {'object bit error':>17} {'background bit error':>21}"]
+    for k, r in enumerate(rows):
+        lines.append(f"{k + 1:>6} {r.grid[0]:>3}x{r.grid[1]:<3} {r.object_tokens:>14} {r.object_bit_error:>17.3f}"
+                     f" {r.background_bit_error:>21.3f}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def teacher_forced_errors(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1", cfg: float = 1.0,
+                          batch_size: int = 16) -> list[ScaleErrors]:
+    """Per scale, the share of bits the transformer gets wrong (most likely bit against the tokenizer's bit of the
+    scene's render) when every earlier scale is the ground truth's; with cfg != 1, of the guided logits."""
+    from ..train.transformer_trainer import object_token_weights
+
+    schedule = pipe.schedule(aspect_ratio)
+    H, W = schedule.pixel_hw
+    s, device = pipe.spatial_patch, pipe.device
+    wrong_obj = torch.zeros(schedule.num_scales)
+    n_obj, wrong_bg, n_bg = torch.zeros_like(wrong_obj), torch.zeros_like(wrong_obj), torch.zeros_like(wrong_obj)
+    bounds = torch.tensor([0] + [h * w for h, w in schedule.scales]).cumsum(0)
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start:start + batch_size]
+        x = torch.cat([to_tensor_np(render(sc, H, W)) for sc in chunk]).to(device)
+        codes = pipe.tokenizer.quantize(pipe.tokenizer.encode(x), latent_scales(schedule.scales, s))
+        x_BLd = pipe.tokenizer.teacher_forcing_inputs(codes, s).to(pipe.transformer.pos_start.dtype)
+        targets_BLd = pipe.tokenizer.targets(codes, s)
+        text_BTE, lens_B = pipe.text_encoder.encode([caption(sc) for sc in chunk])
+        text_BTE, lens_B = text_BTE.to(device, x_BLd.dtype), lens_B.to(device)
+        logits_BLV = pipe.transformer(text_BTE, lens_B, x_BLd, schedule).float()
+        if cfg != 1:
+            drop_B = torch.ones(len(chunk), dtype=torch.bool, device=device)
+            uncond_BLV = pipe.transformer(text_BTE, lens_B, x_BLd, schedule, drop_text_B=drop_B).float()
+            logits_BLV = cfg * logits_BLV + (1 - cfg) * uncond_BLV
+        B, L, d = targets_BLd.shape
+        wrong_BL = (logits_BLV.view(B, L, d, 2).argmax(-1) != targets_BLd).float().mean(-1).cpu()
+        is_obj_BL = (object_token_weights(x, schedule, 1.0) - 1).cpu() > OBJECT_COVER
+        for k in range(schedule.num_scales):
+            w, o = wrong_BL[:, bounds[k]:bounds[k + 1]], is_obj_BL[:, bounds[k]:bounds[k + 1]]
+            wrong_obj[k] += w[o].sum()
+            n_obj[k] += o.sum()
+            wrong_bg[k] += w[~o].sum()
+            n_bg[k] += (~o).sum()
+    return [ScaleErrors(tuple(hw), int(n_obj[k]), float(wrong_obj[k] / n_obj[k]) if n_obj[k] else float("nan"),
+                        float(wrong_bg[k] / n_bg[k]) if n_bg[k] else float("nan"))
+            for k, hw in enumerate(schedule.scales)]
 
 
 def generate_for_scene(pipe, scene: Scene, aspect_ratio: str, seed: int, given_scales: int = 0, **sampling) -> Image.Image:
