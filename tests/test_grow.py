@@ -67,3 +67,17 @@ def test_trainer_starts_a_deeper_model_from_a_shallower_file(tmp_path):
     with pytest.raises(ValueError, match="another model"):
         TransformerTask(wider, BitwiseTokenizer(TINY.tokenizer), str(tokenizer), "minilm", TINY.schedules,
                         TransformerLoss(), "shapes", 2, 0, init_from=str(shallow))
+
+
+def test_export_takes_a_deeper_transformer_of_the_recipe(tmp_path):
+    from infinity import InfinityPipeline
+    from infinity.train.__main__ import main
+
+    deep = save_model(deepen(Infinity(TINY.transformer), dataclasses.replace(TINY.transformer, depth=3)),
+                      tmp_path / "transformer.safetensors")
+    tokenizer = save_model(BitwiseTokenizer(TINY.tokenizer), tmp_path / "tokenizer.safetensors")
+    args = ["export", "--recipe", "shapes-tiny", "--tokenizer", str(tokenizer), "--out", str(tmp_path / "model")]
+    assert main([*args, "--transformer", str(deep)]) == 0
+    assert len(InfinityPipeline.from_pretrained(str(tmp_path / "model")).transformer.blocks) == 3
+    wider = save_model(Infinity(dataclasses.replace(TINY.transformer, width=96)), tmp_path / "wider.safetensors")
+    assert main([*args, "--transformer", str(wider)]) == 2

@@ -175,7 +175,7 @@ def export(args: argparse.Namespace) -> None:
 
     recipe = RECIPES[args.recipe]
     tokenizer, transformer = load_model(args.tokenizer), load_model(args.transformer)
-    depth = getattr(getattr(transformer, "config", None), "depth", recipe.transformer.depth)
+    depth = getattr(transformer.config, "depth", recipe.transformer.depth)  # any depth (--depth)
     if (tokenizer.config, transformer.config) != (recipe.tokenizer, dataclasses.replace(recipe.transformer, depth=depth)):
         raise ValueError(f"the weights are not those of the recipe {args.recipe} (a transformer of any depth)")
     defaults = SamplingDefaults(cfg=args.cfg, tau=args.tau, cfg_schedule=args.cfg_schedule, tau_schedule=args.tau_schedule)
