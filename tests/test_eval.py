@@ -25,7 +25,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.real, self.targets_BLd, self.bounds, self.wrong = real, targets_BLd, bounds, wrong
         self.wrong_objects_BL = wrong_objects_BL
-        self.pos_start = real.pos_start
+        self.pos_start, self.config = real.pos_start, real.config
         self.calls = []
 
     def forward(self, text_BTE, lens_B, x_BLd, schedule, drop_text_B=None):

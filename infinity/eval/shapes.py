@@ -142,7 +142,7 @@ def teacher_forced_errors(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:
                           batch_size: int = 16) -> list[ScaleErrors]:
     """Per scale, the share of bits the transformer gets wrong (most likely bit against the tokenizer's bit of the
     scene's render) when every earlier scale is the ground truth's; with cfg != 1, of the guided logits."""
-    from ..train.transformer_trainer import object_token_weights
+    from ..train.transformer_trainer import object_token_weights, predicted_bits
 
     schedule = pipe.schedule(aspect_ratio)
     H, W = schedule.pixel_hw
@@ -164,7 +164,8 @@ def teacher_forced_errors(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:
             uncond_BLV = pipe.transformer(text_BTE, lens_B, x_BLd, schedule, drop_text_B=drop_B).float()
             logits_BLV = cfg * logits_BLV + (1 - cfg) * uncond_BLV
         B, L, d = targets_BLd.shape
-        wrong_BL = (logits_BLV.view(B, L, d, 2).argmax(-1) != targets_BLd).float().mean(-1).cpu()
+        predicted_BLd = predicted_bits(logits_BLV, d, pipe.transformer.config.head)  # either head
+        wrong_BL = (predicted_BLd != targets_BLd).float().mean(-1).cpu()
         is_obj_BL = (object_token_weights(x, schedule, 1.0) - 1).cpu() > OBJECT_COVER
         for k in range(schedule.num_scales):
             w, o = wrong_BL[:, bounds[k]:bounds[k + 1]], is_obj_BL[:, bounds[k]:bounds[k + 1]]
