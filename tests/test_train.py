@@ -12,12 +12,14 @@ import torch
 
 from infinity.checkpoints import load_model, save_model
 from infinity.tokenizer import BitwiseTokenizer
+from infinity.train.data import make_source
 from infinity.train.engine import Distributed, OptimConfig, adamw, load_checkpoint, lr_at
 from infinity.train.loop import RunConfig, train
 from infinity.train.recipes import RECIPES
 from infinity.train.tokenizer_trainer import TokenizerLoss, TokenizerTask, background_mask
 from infinity.train.transformer_trainer import (
     GlobalBatchFlips,
+    OnPolicyFlips,
     TransformerLoss,
     TransformerTask,
     bitwise_cross_entropy,
@@ -142,6 +144,61 @@ def test_global_batch_flips_do_not_depend_on_the_process_count():
               for rows in (slice(0, 2), slice(2, 4))]
     assert torch.equal(whole, torch.cat(halves))
     assert GlobalBatchFlips(cfg, torch.Generator(), 4, slice(0, 4))(1, bits) is None
+
+
+def test_on_policy_flips_put_the_samples_into_the_chosen_rows(tiny_tokenizer_file):
+    tok = load_model(tiny_tokenizer_file)
+    scales = TINY.schedules["1:1"].scales
+    f = torch.randn(3, tok.bits, *scales[-1], generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    sampled = [torch.randint(0, 2, (2, h, w, tok.bits), generator=g, dtype=torch.uint8) for h, w in scales[:2]]
+    rows_B = torch.tensor([True, False, True])
+    clean = tok.quantize(f, scales)
+    codes = tok.quantize(f, scales, flips=OnPolicyFlips(sampled, rows_B, None))
+    for k in range(2):
+        assert torch.equal(codes.used_bits[k][rows_B], sampled[k])  # the chosen rows take the samples
+        assert torch.equal(codes.used_bits[k][1], clean.used_bits[k][1])  # the other row stays clean
+    own_F = tok.cumulative_from_bits(sampled, scales[-1])[-1]
+    assert torch.allclose(codes.cumulative[1][rows_B], own_F, atol=1e-6)  # inputs are the model's own sum
+    assert torch.equal(codes.bits[2][1], clean.bits[2][1])
+    assert not torch.equal(codes.bits[2][rows_B], clean.bits[2][rows_B])  # later targets: residuals against them
+    random_flips = GlobalBatchFlips(SelfCorrection(2, 1.0), torch.Generator().manual_seed(0), 3, slice(0, 3))
+    mixed = tok.quantize(f, scales, flips=OnPolicyFlips(sampled, rows_B, random_flips))
+    assert torch.equal(mixed.used_bits[0][rows_B], sampled[0])
+
+
+def test_on_policy_step_samples_with_the_model_and_lowers_the_loss(tiny_tokenizer_file):
+    with pytest.raises(ValueError, match="self_correction_scales"):
+        TransformerLoss(on_policy_share=0.5)
+    with pytest.raises(ValueError, match="on_policy_given"):
+        TransformerLoss(self_correction_scales=2, on_policy_share=0.5, on_policy_given=2)
+    loss = TransformerLoss(self_correction_scales=3, self_correction_strength=0.0, on_policy_share=1.0,
+                           on_policy_given=1)
+    task = TransformerTask(TINY.transformer, load_model(tiny_tokenizer_file), str(tiny_tokenizer_file), "minilm",
+                           TINY.schedules, loss, "shapes", 4, 0)
+    task.setup(CPU, task.model)
+    batch = task.source.batch(3, 4, slice(0, 4))
+    schedule = task.schedules[batch.aspect_ratio]
+    given = [torch.ones(4, 1, 1, TINY.transformer.bits, dtype=torch.uint8)]
+    flips = task._on_policy_flips(3, batch.captions, schedule, 4, slice(0, 4), given, None)
+    assert flips.rows_B.all() and len(flips.sampled_bits) == 3 and task.model.training
+    assert torch.equal(flips.sampled_bits[0], given[0])  # the given scale is the image's, not a sample
+    again = task._on_policy_flips(3, batch.captions, schedule, 4, slice(0, 4), given, None)
+    assert all(torch.equal(a, b) for a, b in zip(flips.sampled_bits, again.sampled_bits))  # seeded by the step
+    torch.manual_seed(0)
+    before, after = _one_step_lowers_loss(task)
+    assert after < before
+
+
+def test_object_count_weights_choose_the_scenes(tmp_path):
+    only_one = make_source("shapes", TINY.schedules, 0, object_count_weights=(1.0, 0.0, 0.0)).batch(0, 8, slice(0, 8))
+    assert all(" and " not in c and ", a " not in c for c in only_one.captions)
+    mixed = make_source("shapes", TINY.schedules, 0).batch(0, 8, slice(0, 8))
+    assert any(" and " in c for c in mixed.captions)
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("")
+    with pytest.raises(ValueError, match="shapes data only"):
+        make_source(str(jsonl), TINY.schedules, 0, object_count_weights=(1.0, 1.0, 1.0))
 
 
 def test_background_mask_marks_objects():

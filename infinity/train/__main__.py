@@ -101,11 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bitwise self-correction: flip bits at the first N scales (default: %(default)s)")
     t.add_argument("--self-correction-strength", type=float, default=0.3,
                    help="largest flip probability (default: %(default)s)")
+    t.add_argument("--on-policy-share", type=float, default=0.0,
+                   help="share of the rows whose first --self-correction-scales scales are the model's own samples "
+                        "(at --on-policy-cfg / --on-policy-tau) instead of random flips (default: %(default)s)")
+    t.add_argument("--on-policy-cfg", type=float, default=3.0, help="guidance of those samples (default: %(default)s)")
+    t.add_argument("--on-policy-tau", type=float, default=0.25, help="temperature of those samples (default: %(default)s)")
+    t.add_argument("--on-policy-given", type=int, default=2,
+                   help="those rows' first scales come from the image, so a background the caption leaves open is "
+                        "the image's (default: %(default)s)")
     t.add_argument("--cond-dropout", type=float, default=0.1,
                    help="fraction of prompts dropped for classifier-free guidance (default: %(default)s)")
     t.add_argument("--object-weight", type=float, default=0.0,
                    help="tokens weigh 1 + this x the share of their cell covered by objects (pixels unlike the "
                         "image's border), so the few tokens that draw objects count (default: %(default)s)")
+    t.add_argument("--object-count-weights", type=float, nargs=3, metavar=("ONE", "TWO", "THREE"),
+                   help="shapes data: relative weights of scenes with 1, 2 and 3 objects (default: equal)")
     t.add_argument("--sample-cfg", type=float, default=3.0, help="CFG of the sample grids (default: %(default)s)")
     t.add_argument("--depth", type=int, default=0,
                    help="transformer blocks (0: the recipe's); --init-from may then hold a shallower model of the "
@@ -160,11 +170,13 @@ def _task(args: argparse.Namespace, run: RunConfig):
     loss = TransformerLoss(
         scale_weight_power=args.scale_weight_power, self_correction_scales=args.self_correction_scales,
         self_correction_strength=args.self_correction_strength, cond_dropout=args.cond_dropout,
-        object_weight=args.object_weight,
+        object_weight=args.object_weight, on_policy_share=args.on_policy_share, on_policy_cfg=args.on_policy_cfg,
+        on_policy_tau=args.on_policy_tau, on_policy_given=args.on_policy_given,
     )
     config = dataclasses.replace(recipe.transformer, head=args.head, depth=args.depth or recipe.transformer.depth)
     return TransformerTask(config, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
-                           args.data, args.batch_size, args.seed, init_from=args.init_from, sample_cfg=args.sample_cfg)
+                           args.data, args.batch_size, args.seed, init_from=args.init_from, sample_cfg=args.sample_cfg,
+                           object_count_weights=tuple(args.object_count_weights) if args.object_count_weights else None)
 
 
 def export(args: argparse.Namespace) -> None:

@@ -85,10 +85,16 @@ class JsonlSource:
         return Batch(torch.stack(images), captions, aspect)
 
 
-def make_source(data: str, schedules: dict[str, Schedule], seed: int):
-    """'shapes' or the path of a JSONL file."""
+def make_source(data: str, schedules: dict[str, Schedule], seed: int,
+                object_count_weights: tuple[float, ...] | None = None):
+    """'shapes' or the path of a JSONL file; `object_count_weights`: relative weights of shapes scenes with
+    1, 2, 3 objects (uniform if None)."""
     if data == "shapes":
-        return ShapesSource(schedules, seed)
+        if object_count_weights is None:
+            return ShapesSource(schedules, seed)
+        return ShapesSource(schedules, seed, num_objects=(1, 2, 3), weights=object_count_weights)
+    if object_count_weights is not None:
+        raise ValueError("object count weights apply to the shapes data only")
     if not Path(data).is_file():
         raise ValueError(f"--data must be 'shapes' or an existing JSONL file, got {data!r}")
     return JsonlSource(data, schedules, seed)

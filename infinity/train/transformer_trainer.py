@@ -2,7 +2,10 @@
 
 Per batch: a frozen tokenizer encodes the images; the multi-scale quantizer, with bitwise self-correction,
 flips a random fraction of the bits of the first scales and re-quantizes the later residuals (paper
-Algorithm 4), which gives both the inputs and the targets; a fraction of the prompts is replaced by the learned
+Algorithm 4), which gives both the inputs and the targets; with an on-policy share, that share of the rows takes
+the model's own samples for its caption at those first scales (after a few scales given from the image) instead
+of random flips: the errors it makes at inference, which are coherent where random flips are not, and the later
+scales learn to correct those; a fraction of the prompts is replaced by the learned
 empty prompt (classifier-free guidance); the loss is the cross-entropy of each of the d bits (the
 Infinite-Vocabulary Classifier; or, with an index-wise head, of the 2^d-way index), every token of scale k weighted by l_k^-power (power 0: all tokens equal;
 1: every scale counts as much as any other, however few tokens it has), and with an object weight w by
@@ -26,7 +29,7 @@ from ..sampling import sample_scales
 from ..schedules import Schedule
 from ..text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
 from ..tokenizer import BitwiseTokenizer, SelfCorrection
-from ..tokenizer.model import latent_scales, spatial_patch
+from ..tokenizer.model import latent_scales, patchify_bits, spatial_patch
 from ..transformer import Infinity, TransformerConfig
 from .data import ShapesSource, make_source
 from .engine import Distributed, config_dict, load_init_weights, save_grid, step_generator
@@ -43,11 +46,21 @@ class TransformerLoss:
     self_correction_strength: float = 0.3  # largest flip probability
     cond_dropout: float = 0.1  # fraction of prompts replaced by the learned empty prompt
     object_weight: float = 0.0  # extra token weight x the share of the token's cell covered by objects
+    on_policy_share: float = 0.0  # rows whose first self_correction_scales scales are the model's own samples
+    on_policy_cfg: float = 3.0  # guidance and temperature of those samples (the pipeline's defaults)
+    on_policy_tau: float = 0.25
+    # The first scales of those rows come from the image: the background a caption leaves open is the image's.
+    on_policy_given: int = 2
 
     def __post_init__(self) -> None:
         if self.scale_weight_power < 0 or not 0 <= self.cond_dropout < 1 or self.object_weight < 0:
             raise ValueError(f"need scale_weight_power >= 0, 0 <= cond_dropout < 1, object_weight >= 0: {self}")
         SelfCorrection(self.self_correction_scales, self.self_correction_strength)  # validates
+        if not 0 <= self.on_policy_share <= 1 or self.on_policy_tau <= 0 or self.on_policy_given < 0:
+            raise ValueError(f"need 0 <= on_policy_share <= 1, on_policy_tau > 0, on_policy_given >= 0: {self}")
+        if self.on_policy_share and not self.on_policy_given < self.self_correction_scales:
+            raise ValueError("on_policy_share needs self_correction_scales > on_policy_given (the scales that take "
+                             f"the model's samples), got {self.self_correction_scales} <= {self.on_policy_given}")
 
 
 class GlobalBatchFlips:
@@ -66,6 +79,27 @@ class GlobalBatchFlips:
         p = torch.randint(0, steps, (), generator=self.generator).item() / 100
         u = torch.rand((self.global_batch, *bits_Bhwd.shape[1:]), generator=self.generator)[self.rows]
         return (u < p).to(bits_Bhwd.device)
+
+
+class OnPolicyFlips:
+    """Flips that turn the bits of the chosen rows, at the first len(sampled_bits) scales, into the model's own
+    samples; the other rows (and the rows' later scales) take `fallback`'s flips, or none.
+
+    sampled_bits[k]: (n, h_k, w_k, d) latent bits of the n chosen rows, sampled by the model from its own earlier
+    scales; the quantizer then sums exactly those codes, so the chosen rows' inputs are what the model sees at
+    inference, and the targets of the later scales are the true residuals against them.
+    """
+
+    def __init__(self, sampled_bits: list[torch.Tensor], rows_B: torch.Tensor, fallback: GlobalBatchFlips | None):
+        self.sampled_bits, self.rows_B, self.fallback = sampled_bits, rows_B, fallback
+
+    def __call__(self, k: int, bits_Bhwd: torch.Tensor) -> torch.Tensor | None:
+        base = self.fallback(k, bits_Bhwd) if self.fallback is not None else None  # drawn always: same stream
+        if k >= len(self.sampled_bits):
+            return base
+        mask = base.clone() if base is not None else torch.zeros_like(bits_Bhwd, dtype=torch.bool)
+        mask[self.rows_B] = bits_Bhwd[self.rows_B] != self.sampled_bits[k].to(bits_Bhwd)
+        return mask
 
 
 def scale_weights(schedule: Schedule, power: float) -> torch.Tensor:
@@ -153,6 +187,7 @@ class TransformerTask:
         seed: int,
         init_from: str | None = None,
         sample_cfg: float = 3.0,
+        object_count_weights: tuple[float, ...] | None = None,
     ):
         self.patch = spatial_patch(config.bits, tokenizer.bits)  # 2 for Infinity-8B's 2x2 tokens, else 1
         self.config, self.tokenizer, self.tokenizer_path = config, tokenizer.eval().requires_grad_(False), tokenizer_path
@@ -162,7 +197,8 @@ class TransformerTask:
         if init_from:
             init = load_init_weights(init_from, Infinity, config, load_official_transformer, grow=deepen)
             self.model.load_state_dict(init.state_dict())
-        self.source = make_source(data, schedules, seed)
+        self.object_count_weights = object_count_weights
+        self.source = make_source(data, schedules, seed, object_count_weights)
         self.self_correction = SelfCorrection(loss.self_correction_scales, loss.self_correction_strength)
 
     def identity(self) -> dict:
@@ -170,6 +206,7 @@ class TransformerTask:
             "kind": "transformer", "config": self.config.to_dict(), "loss": config_dict(self.loss_cfg),
             "tokenizer": self.tokenizer.config.to_dict(), "text_encoder": self.text_encoder_name,
             "data": self.data, "batch_size": self.batch_size, "seed": self.seed,
+            **({"object_count_weights": list(self.object_count_weights)} if self.object_count_weights else {}),
             "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
         }
 
@@ -187,7 +224,12 @@ class TransformerTask:
             x = batch.images_B3HW.to(self.device)
             flips = GlobalBatchFlips(self.self_correction, g, G, rows) if self.self_correction.num_scales else None
             scales = latent_scales(schedule.scales, self.patch)
-            codes = self.tokenizer.quantize(self.tokenizer.encode(x), scales, flips=flips)
+            f_BdHW = self.tokenizer.encode(x)
+            if self.loss_cfg.on_policy_share:
+                clean = self.tokenizer.quantize(f_BdHW, scales)
+                given = [patchify_bits(b, self.patch) for b in clean.bits[:self.loss_cfg.on_policy_given]]
+                flips = self._on_policy_flips(step, batch.captions, schedule, G, rows, given, flips)
+            codes = self.tokenizer.quantize(f_BdHW, scales, flips=flips)
             x_BLd = self.tokenizer.teacher_forcing_inputs(codes, self.patch)
             targets_BLd = self.tokenizer.targets(codes, self.patch)
             drop_B = (torch.rand(G, generator=g) < self.loss_cfg.cond_dropout)[rows].to(self.device)
@@ -206,6 +248,32 @@ class TransformerTask:
             coarse = sum(h * w for h, w in schedule.scales[:3])
             metrics = {"acc": float(correct_BL.mean()), "acc_coarse": float(correct_BL[:, :coarse].mean())}
         return loss, metrics, x.shape[0]
+
+    def _on_policy_flips(self, step: int, captions: list[str], schedule: Schedule, G: int, rows: slice,
+                         given_bits: list[torch.Tensor], fallback: GlobalBatchFlips | None) -> OnPolicyFlips:
+        """Sample the first scales of this process's rows with the current weights (eval mode, no gradient) and
+        give them to the chosen rows; `given_bits` (token bits of the first scales, from the image) are taken
+        instead of samples there.
+
+        Every row is sampled, chosen or not, so every process runs the same forwards (FSDP gathers weights in
+        them). The rows are chosen for the global batch; the samples come from this process's generator.
+        """
+        g = step_generator(self.seed, step, "on-policy")
+        rows_B = (torch.rand(G, generator=g) < self.loss_cfg.on_policy_share)[rows]
+        sample_g = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
+        was_training = self.model.training
+        self.model.eval()
+        text_BTE, lens_B = self.text(captions, self.device)
+        events = sample_scales(self.model, self.tokenizer, text_BTE, lens_B, schedule, cfg=self.loss_cfg.on_policy_cfg,
+                               tau=self.loss_cfg.on_policy_tau, generator=sample_g, prefix_bits=given_bits)
+        sampled = []
+        for event in events:
+            sampled.append(event.latent_bits_Bhwd[rows_B])
+            if len(sampled) == self.self_correction.num_scales:
+                break
+        events.close()
+        self.model.train(was_training)
+        return OnPolicyFlips(sampled, rows_B.to(self.device), fallback)
 
     def state_dict(self) -> dict:
         return {}
