@@ -90,8 +90,6 @@ def make_source(data: str, schedules: dict[str, Schedule], seed: int,
     """'shapes' or the path of a JSONL file; `object_count_weights`: relative weights of shapes scenes with
     1, 2, 3 objects (uniform if None)."""
     if data == "shapes":
-        if object_count_weights is None:
-            return ShapesSource(schedules, seed)
         return ShapesSource(schedules, seed, num_objects=(1, 2, 3), weights=object_count_weights)
     if object_count_weights is not None:
         raise ValueError("object count weights apply to the shapes data only")
