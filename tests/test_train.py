@@ -190,6 +190,24 @@ def test_on_policy_step_samples_with_the_model_and_lowers_the_loss(tiny_tokenize
     assert after < before
 
 
+def test_on_policy_sampling_that_fails_leaves_the_model_in_train_mode(tiny_tokenizer_file, monkeypatch):
+    from infinity.train import transformer_trainer
+
+    loss = TransformerLoss(self_correction_scales=2, on_policy_share=1.0, on_policy_given=1)
+    task = TransformerTask(TINY.transformer, load_model(tiny_tokenizer_file), str(tiny_tokenizer_file), "minilm",
+                           TINY.schedules, loss, "shapes", 2, 0)
+    task.setup(CPU, task.model)
+    batch = task.source.batch(0, 2, slice(0, 2))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(transformer_trainer, "sample_scales", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        task._on_policy_flips(0, batch.captions, task.schedules[batch.aspect_ratio], 2, slice(0, 2), [], None)
+    assert task.model.training
+
+
 def test_object_count_weights_choose_the_scenes(tmp_path):
     only_one = make_source("shapes", TINY.schedules, 0, object_count_weights=(1.0, 0.0, 0.0)).batch(0, 8, slice(0, 8))
     assert all(" and " not in c and ", a " not in c for c in only_one.captions)

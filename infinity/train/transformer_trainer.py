@@ -262,17 +262,20 @@ class TransformerTask:
         rows_B = (torch.rand(G, generator=g) < self.loss_cfg.on_policy_share)[rows]
         sample_g = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
         was_training = self.model.training
-        self.model.eval()
         text_BTE, lens_B = self.text(captions, self.device)
-        events = sample_scales(self.model, self.tokenizer, text_BTE, lens_B, schedule, cfg=self.loss_cfg.on_policy_cfg,
-                               tau=self.loss_cfg.on_policy_tau, generator=sample_g, prefix_bits=given_bits)
         sampled = []
-        for event in events:
-            sampled.append(event.latent_bits_Bhwd[rows_B])
-            if len(sampled) == self.self_correction.num_scales:
-                break
-        events.close()
-        self.model.train(was_training)
+        self.model.eval()
+        try:
+            events = sample_scales(self.model, self.tokenizer, text_BTE, lens_B, schedule,
+                                   cfg=self.loss_cfg.on_policy_cfg, tau=self.loss_cfg.on_policy_tau,
+                                   generator=sample_g, prefix_bits=given_bits)
+            for event in events:
+                sampled.append(event.latent_bits_Bhwd[rows_B])
+                if len(sampled) == self.self_correction.num_scales:
+                    break
+            events.close()
+        finally:
+            self.model.train(was_training)
         return OnPolicyFlips(sampled, rows_B.to(self.device), fallback)
 
     def state_dict(self) -> dict:
