@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bits", type=int, default=0, help="bits per token d (0: the recipe's; default: %(default)s)")
     t.add_argument("--base-channels", type=int, default=0,
                    help="width of the first encoder / last decoder stage (0: the recipe's; default: %(default)s)")
+    t.add_argument("--init-trunk-from", default=None, metavar="TOKENIZER",
+                   help="start from this tokenizer's weights (any bit depth) except the two layers whose shapes "
+                        "depend on d, which start fresh: tokenizers of several d from one trunk")
     t.add_argument("--recon-weight", type=float, default=1.0, help="L1 reconstruction (default: %(default)s)")
     t.add_argument("--object-weight", type=float, default=0.0,
                    help="extra L1 weight of pixels that differ from the image's border colour (default: %(default)s)")
@@ -172,7 +175,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
         return TokenizerTask(config, recipe.schedules, loss, args.data, args.batch_size, args.seed,
                              run.optim, init_from=args.init_from, crop_size=args.crop_size,
                              decoder_only=args.decoder_only, sample_from=args.sample_from,
-                             sample_share=args.sample_share, sample_given_scales=args.sample_given_scales)
+                             sample_share=args.sample_share, sample_given_scales=args.sample_given_scales,
+                             init_trunk_from=args.init_trunk_from)
     tokenizer = load_model(args.tokenizer)
     if not isinstance(tokenizer, BitwiseTokenizer):
         raise ValueError(f"{args.tokenizer} is not a tokenizer")
