@@ -16,7 +16,8 @@ from infinity.train.data import make_source
 from infinity.train.engine import Distributed, OptimConfig, adamw, load_checkpoint, lr_at
 from infinity.train.loop import RunConfig, train
 from infinity.train.recipes import RECIPES
-from infinity.train.tokenizer_trainer import TokenizerLoss, TokenizerTask, background_mask
+from infinity.train.shared import background_mask
+from infinity.train.tokenizer_trainer import CaptionSampler, TokenizerLoss, TokenizerTask
 from infinity.train.transformer_trainer import (
     GlobalBatchFlips,
     OnPolicyFlips,
@@ -457,8 +458,14 @@ def tiny_model_folder(tmp_path_factory, tiny_tokenizer_file) -> Path:
     return folder / "model"
 
 
+def _sampler(folder: Path) -> CaptionSampler:
+    from infinity.train.__main__ import _caption_sampler  # the CLI's --sample-from
+
+    return _caption_sampler(str(folder))
+
+
 def test_decoder_trains_on_the_transformers_samples(tmp_path, tiny_tokenizer_file, tiny_model_folder):
-    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sample_from=str(tiny_model_folder),
+    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sampler=_sampler(tiny_model_folder),
                            sample_share=0.5, sample_given_scales=1)
     assert task.identity()["sample_from"] == str(tiny_model_folder)
     run = RunConfig(out_dir=str(tmp_path), steps=3, batch_size=4, optim=OptimConfig(warmup_steps=1), progress=False,
@@ -472,7 +479,7 @@ def test_decoder_trains_on_the_transformers_samples(tmp_path, tiny_tokenizer_fil
 
 
 def test_sampled_features_keep_the_given_scales_of_the_image(tiny_tokenizer_file, tiny_model_folder):
-    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sample_from=str(tiny_model_folder))
+    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sampler=_sampler(tiny_model_folder))
     schedule, d = TINY.schedules["1:1"], TINY.tokenizer.bits
     batch = task.source.batch(0, 3, slice(0, 3))
     x = batch.images_B3HW
@@ -489,15 +496,24 @@ def test_sampled_features_keep_the_given_scales_of_the_image(tiny_tokenizer_file
 
 
 def test_training_on_samples_refuses_what_cannot_work(tmp_path, tiny_tokenizer_file, tiny_model_folder):
-    init, folder = str(tiny_tokenizer_file), str(tiny_model_folder)
+    init, sampler = str(tiny_tokenizer_file), _sampler(tiny_model_folder)
     with pytest.raises(ValueError, match="--decoder-only"):
-        _tokenizer_task(init_from=init, sample_from=folder)
+        _tokenizer_task(init_from=init, sampler=sampler)
     for share in (0.0, 1.0):
         with pytest.raises(ValueError, match="share"):
-            _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_share=share)
+            _tokenizer_task(init_from=init, decoder_only=True, sampler=sampler, sample_share=share)
     with pytest.raises(ValueError, match="at least one to sample"):
-        _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_given_scales=4)
+        _tokenizer_task(init_from=init, decoder_only=True, sampler=sampler, sample_given_scales=4)
     torch.manual_seed(1)
     other = save_model(BitwiseTokenizer(TINY.tokenizer), tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="another encoder"):
-        _tokenizer_task(init_from=str(other), decoder_only=True, sample_from=folder)
+        _tokenizer_task(init_from=str(other), decoder_only=True, sampler=sampler)
+
+
+def test_trainers_import_neither_each_other_nor_the_pipeline():
+    import ast
+
+    for name in ("tokenizer_trainer", "transformer_trainer"):
+        tree = ast.parse((ROOT / "infinity" / "train" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"tokenizer_trainer", "transformer_trainer", "pipeline", "infinity.pipeline"}, name
