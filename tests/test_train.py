@@ -274,6 +274,79 @@ def test_resumed_run_ends_in_the_same_state(tmp_path):
     assert '"step": 6' in (tmp_path / "b" / "metrics.jsonl").read_text()
 
 
+def test_transformer_resumed_with_self_correction_and_on_policy_flips_ends_in_the_same_state(tmp_path, tiny_tokenizer_file):
+    loss = TransformerLoss(self_correction_scales=3, self_correction_strength=0.3, cond_dropout=0.25,
+                           on_policy_share=0.5, on_policy_given=1)
+
+    def task():
+        return TransformerTask(TINY.transformer, load_model(tiny_tokenizer_file), str(tiny_tokenizer_file), "minilm",
+                               TINY.schedules, loss, "shapes", 4, 0)
+
+    run = dict(steps=4, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=2, progress=False)
+    torch.manual_seed(0)
+    straight = task()
+    train(straight, RunConfig(out_dir=str(tmp_path / "a"), **run), CPU)
+
+    torch.manual_seed(0)
+    with pytest.raises(_Killed):
+        train(_DiesAt(task(), 3), RunConfig(out_dir=str(tmp_path / "b"), **run), CPU)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
+    torch.manual_seed(123)  # a fresh process: other initial weights, overwritten by the checkpoint
+    resumed = task()
+    train(resumed, RunConfig(out_dir=str(tmp_path / "b"), resume=True, **run), CPU)
+
+    a, b = _state(straight.model), _state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _gan_task(**loss) -> TokenizerTask:
+    return TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(gan=0.5, **loss), "shapes", 4, 0,
+                         OptimConfig(lr=1e-3, weight_decay=0.0))
+
+
+def test_gan_step_trains_the_discriminator_and_adds_the_generator_term():
+    torch.manual_seed(0)
+    task = _gan_task()
+    task.setup(CPU, task.model)
+    torch.manual_seed(0)
+    total, metrics, _ = task.losses(3, CPU)
+    torch.manual_seed(0)
+    _, again, _ = task.losses(3, CPU)  # the same batch, after the discriminator's step on it
+    assert again["d_loss"] < metrics["d_loss"]
+
+    before_start = _gan_task(gan_start=100)  # the same weights, before the GAN term starts
+    before_start.model.load_state_dict(task.model.state_dict())
+    before_start.setup(CPU, before_start.model)
+    torch.manual_seed(0)
+    plain, plain_metrics, _ = before_start.losses(3, CPU)
+    assert "g_loss" not in plain_metrics
+    assert float((total - plain).detach()) == pytest.approx(0.5 * metrics["g_loss"], rel=1e-4, abs=1e-6)
+
+
+class _RecordsDiscriminatorLr:
+    def __init__(self, task):
+        self.task, self.model, self.lrs = task, task.model, []
+
+    def losses(self, step, dist):
+        self.lrs.append(self.task.disc_optimizer.param_groups[0]["lr"])
+        return self.task.losses(step, dist)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+
+def test_discriminator_follows_the_generators_warmup_and_cosine(tmp_path):
+    optim = OptimConfig(lr=1e-3, warmup_steps=2, min_lr_ratio=0.1)
+    task = _RecordsDiscriminatorLr(TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(gan=0.5), "shapes",
+                                                 2, 0, optim))
+    train(task, RunConfig(out_dir=str(tmp_path), steps=5, batch_size=2, optim=optim, log_every=1, progress=False), CPU)
+    generator = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                 if "loss" in line]
+    assert generator == pytest.approx([lr_at(s, 5, optim) for s in range(5)])
+    assert task.lrs == pytest.approx(generator)
+    assert task.lrs[0] < task.lrs[1] and task.lrs[1] > task.lrs[-1]  # warm-up, then decay
+
+
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     run = RunConfig(out_dir=str(tmp_path), steps=1, batch_size=2, progress=False)
     train(_tokenizer_task(), run, CPU)

@@ -8,7 +8,8 @@ Loss of a batch (weights are options; 0 turns a term off):
     commitment  features pulled towards their codes, summed over scales
     feature_commitment  MSE between the encoder's features f and their quantization F_K (stop-gradient on
                 F_K): keeps f within reach of the K unit-norm codes, so the straight-through gradient is honest
-    gan         hinge loss of a PatchGAN discriminator, from step `gan_start` on
+    gan         hinge loss of a PatchGAN discriminator, from step `gan_start` on; the discriminator's AdamW
+                follows the generator's learning rate (warm-up, then cosine)
     perceptual  LPIPS, only when the `lpips` package and its weights are installed (never faked)
 
 With `decoder_only`, the encoder (and so every bit it produces) is frozen and only the decoder learns: the
@@ -189,6 +190,7 @@ class TokenizerTask:
         self.source = make_source(data, schedules, seed)
         self.discriminator = PatchDiscriminator() if loss.gan > 0 else None
         self.disc_optimizer = adamw(self.discriminator, optim) if self.discriminator is not None else None
+        self.optimizers = (self.disc_optimizer,) if self.disc_optimizer is not None else ()  # the loop sets their lr
         self.perceptual = _perceptual_loss() if loss.perceptual > 0 else None
 
     def identity(self) -> dict:

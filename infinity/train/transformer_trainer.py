@@ -146,6 +146,8 @@ def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
 
 
 class TransformerTask:
+    optimizers = ()  # only the model's: no optimizer of its own
+
     def __init__(
         self,
         config: TransformerConfig,
