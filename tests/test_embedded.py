@@ -34,7 +34,7 @@ def test_the_embedded_model_is_shipped_within_40_mb():
 
 
 @pytest.mark.parametrize("aspect_ratio, hw", [("1:1", (128, 128)), ("3:2", (128, 192)), ("2:3", (192, 128))])
-def test_held_out_prompt_in_each_aspect_ratio(pipe, aspect_ratio, hw):
+def test_held_out_prompt_gives_an_rgb_image_of_each_aspect_ratios_size(pipe, aspect_ratio, hw):
     prompt = caption(held_out_scenes(1, 1)[0])
     out = pipe(prompt, aspect_ratio=aspect_ratio, seed=0)
     assert out.image.mode == "RGB" and out.image.size == (hw[1], hw[0])
