@@ -251,19 +251,26 @@ def _state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_resumed_run_ends_in_the_same_state(tmp_path):
-    run = dict(steps=6, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=2, progress=False)
+def _straight_and_resumed(make_task, tmp_path, steps: int, dies_at: int):
+    """One run straight through (in tmp_path/a), and one killed at step `dies_at` then resumed from its last
+    checkpoint in a fresh task (tmp_path/b); both tasks."""
+    run = dict(steps=steps, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=2, progress=False)
     torch.manual_seed(0)
-    straight = _tokenizer_task()
+    straight = make_task()
     train(straight, RunConfig(out_dir=str(tmp_path / "a"), **run), CPU)
 
     torch.manual_seed(0)
     with pytest.raises(_Killed):
-        train(_DiesAt(_tokenizer_task(), 5), RunConfig(out_dir=str(tmp_path / "b"), **run), CPU)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 4
+        train(_DiesAt(make_task(), dies_at), RunConfig(out_dir=str(tmp_path / "b"), **run), CPU)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == dies_at // 2 * 2
     torch.manual_seed(123)  # a fresh process: other initial weights, overwritten by the checkpoint
-    resumed = _tokenizer_task()
+    resumed = make_task()
     train(resumed, RunConfig(out_dir=str(tmp_path / "b"), resume=True, **run), CPU)
+    return straight, resumed
+
+
+def test_resumed_run_ends_in_the_same_state(tmp_path):
+    straight, resumed = _straight_and_resumed(_tokenizer_task, tmp_path, steps=6, dies_at=5)
 
     a, b = _state(straight.model), _state(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -282,19 +289,7 @@ def test_transformer_resumed_with_self_correction_and_on_policy_flips_ends_in_th
         return TransformerTask(TINY.transformer, load_model(tiny_tokenizer_file), str(tiny_tokenizer_file), "minilm",
                                TINY.schedules, loss, "shapes", 4, 0)
 
-    run = dict(steps=4, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=2, progress=False)
-    torch.manual_seed(0)
-    straight = task()
-    train(straight, RunConfig(out_dir=str(tmp_path / "a"), **run), CPU)
-
-    torch.manual_seed(0)
-    with pytest.raises(_Killed):
-        train(_DiesAt(task(), 3), RunConfig(out_dir=str(tmp_path / "b"), **run), CPU)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
-    torch.manual_seed(123)  # a fresh process: other initial weights, overwritten by the checkpoint
-    resumed = task()
-    train(resumed, RunConfig(out_dir=str(tmp_path / "b"), resume=True, **run), CPU)
-
+    straight, resumed = _straight_and_resumed(task, tmp_path, steps=4, dies_at=3)
     a, b = _state(straight.model), _state(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
