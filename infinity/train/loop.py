@@ -66,6 +66,7 @@ class Task(Protocol):
     """What one trainer computes. `model` is trained, averaged (EMA) and checkpointed by the loop."""
 
     model: nn.Module
+    optimizers: tuple[torch.optim.Optimizer, ...]  # the task's own (a GAN discriminator's), on the model's lr schedule
 
     def setup(self, dist: Distributed, wrapped: nn.Module) -> None: ...
 
@@ -126,7 +127,8 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
     for step in range(start, run.steps):
         torch.manual_seed(step_seed(run.seed, step, f"rank{dist.rank}"))
         lr = lr_at(step, run.steps, run.optim)
-        set_lr(optimizer, lr)
+        for opt in (optimizer, *task.optimizers):
+            set_lr(opt, lr)
         wrapped.train()
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, step_metrics, items = task.losses(step, dist)
