@@ -136,6 +136,8 @@ def test_end_to_end_on_two_tokenizers(inputs, capsys):
     assert "(over budget: see notes)" in table
     again = evaluate(weights, photos, size=32, shapes=1)
     assert again == results  # deterministic
+    first = evaluate(weights[:1], photos, size=32, shapes=0, max_images=1)
+    assert first["images"]["used"] == 1 and all(not r["shapes"] for r in first["records"])
 
 
 def test_error_paths(inputs, capsys):
@@ -154,6 +156,7 @@ def test_error_paths(inputs, capsys):
         ([str(weights[0])], corrupt_only, [], "corrupt: 1 unreadable image files, nothing to evaluate on"),
         ([str(weights[0])], photos, ["--size", "36"], "--size 36 is not a multiple of the tokenizer's patch size 8"),
         ([str(weights[0])], photos, ["--shapes", "40"], "only 31 single-object scenes are held out"),
+        ([str(weights[0])], photos, ["--max-images", "0"], "--max-images must be >= 1"),
     ]
     for files, folder, extra, message in cases:
         assert main(["tokenizer", "--weights", *files, "--images", str(folder), *extra]) == 2, message

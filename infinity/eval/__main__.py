@@ -3,6 +3,7 @@
     python -m infinity.eval shapes --weights assets/embedded            # prompt adherence of the pipeline
     python -m infinity.eval shapes --tokenizer runs/tok/tokenizer.safetensors   # PSNR + parser on reconstructions
     python -m infinity.eval shapes --weights assets/embedded --teacher-forced   # bit errors per scale
+    python -m infinity.eval tokenizer --weights A.safetensors B.safetensors --images DIR   # vs JPEG, thumbnail
 """
 from __future__ import annotations
 
