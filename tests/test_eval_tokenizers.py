@@ -96,6 +96,7 @@ def inputs(tmp_path, one_thread):
     _photo(40, seed=3).save(photos / "sub" / "b.jpg")
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     (photos / "notes.txt").write_text("not an image either, and not counted")
+    Image.new("RGB", (50, 40), (10, 20, 30)).save(photos / "flat.png")
     weights = [_tokenizer(tmp_path, "d4", 4, 8, 0), _tokenizer(tmp_path, "d8", 8, 4, 1)]
     return tmp_path, weights, photos
 
@@ -107,8 +108,8 @@ def test_end_to_end_on_two_tokenizers(inputs, capsys):
     assert main(argv + ["--out", str(out)]) == 0
     table = capsys.readouterr().out
     results = json.loads(out.read_text())
-    assert results["images"]["used"] == 2 and results["images"]["skipped"] == ["broken.jpg"]
-    assert "(1 unreadable skipped)" in table
+    assert results["images"]["used"] == 2 and results["images"]["unreadable"] == ["broken.jpg"]
+    assert results["images"]["one_colour"] == ["flat.png"] and "(skipped: 1 unreadable, 1 of one colour)" in table
     records = {r["name"]: r for r in results["records"]}
     assert list(records) == [str(weights[0]), str(weights[1]), "JPEG <= 64 bits", "JPEG <= 512 bits",
                              "thumbnail 16x16 bicubic"]
@@ -131,6 +132,8 @@ def test_end_to_end_on_two_tokenizers(inputs, capsys):
             recon = tok.decode(tok.encode_scales(x, square_schedule(32, 4).scales).quantized)
         expected.append(10 * math.log10(4 / (recon - x).pow(2).mean().item()))
     assert d8["psnr_db"] == pytest.approx(np.mean(expected), abs=2e-3)
+    pooled = 10 * math.log10(4 / np.mean([4 * 10 ** (-p / 10) for p in expected]))
+    assert d8["psnr_pooled_db"] == pytest.approx(pooled, abs=2e-3) and d8["psnr_pooled_db"] <= d8["psnr_db"]
     # No JPEG fits 64 bits: the record says so.
     assert records["JPEG <= 64 bits"]["over_budget"] == {"photos": 2, "shapes scenes": 3}
     assert "(over budget: see notes)" in table
@@ -147,13 +150,15 @@ def test_error_paths(inputs, capsys):
     empty, corrupt_only = tmp_path / "empty", tmp_path / "corrupt"
     empty.mkdir(), corrupt_only.mkdir()
     (corrupt_only / "x.png").write_bytes(b"\x89PNG truncated")
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(corrupt_only / "black.png")
     cases = [
         ([str(tmp_path / "missing.safetensors")], photos, [], "missing.safetensors: no such file"),
         ([str(transformer)], photos, [], "holds a Infinity, not a tokenizer"),
         ([str(tmp_path / "junk.safetensors")], photos, [], "not a readable safetensors file"),
         ([str(weights[0])], tmp_path / "nowhere", [], "nowhere: no such folder"),
         ([str(weights[0])], empty, [], "empty: no image files, nothing to evaluate on"),
-        ([str(weights[0])], corrupt_only, [], "corrupt: 1 unreadable image files, nothing to evaluate on"),
+        ([str(weights[0])], corrupt_only, [],
+         "corrupt: 1 unreadable image files and 1 images of one colour, nothing to evaluate on"),
         ([str(weights[0])], photos, ["--size", "36"], "--size 36 is not a multiple of the tokenizer's patch size 8"),
         ([str(weights[0])], photos, ["--shapes", "40"], "only 31 single-object scenes are held out"),
         ([str(weights[0])], photos, ["--max-images", "0"], "--max-images must be >= 1"),

@@ -9,6 +9,9 @@ at the end is averaged over the photos. Beside them, on the same photos:
   the quality-1 file is used and the record counts the image as over budget.
 * A 16 x 16 thumbnail (area average) enlarged bicubically: 16 * 16 * 24 bits.
 
+PSNR is averaged over the photos and also pooled (the PSNR of their mean squared error), which the few photos a
+codec reproduces almost exactly cannot carry; photos of a single colour are skipped (infinite PSNR for JPEG).
+
 A tokenizer spends d bits on every token of every scale: sum_k d h_k w_k bits in all, which is what a decoder
 needs; d h_K w_K is its final scale alone (the budget the JPEG reference gets). Both are reported, with bits per
 pixel. All three kinds of codec also reconstruct rendered held-out shapes scenes of 1, 2 and 3 objects: PSNR and
@@ -51,6 +54,7 @@ class Record:
     bits_final_scale: float  # a tokenizer's d h_K w_K; a reference's whole file
     bpp_final_scale: float
     psnr_db: float  # mean over the photos, of the final reconstruction
+    psnr_pooled_db: float  # the same reconstructions' PSNR of the mean squared error over all photos
     bits_per_token: int | None = None
     grids: list[list[int]] | None = None
     bits_all_scales: int | None = None  # sum_k d h_k w_k
@@ -111,27 +115,41 @@ def square_schedule(size: int, patch_size: int) -> Schedule:
     return Schedule(tuple(grids), patch_size)
 
 
-def load_photos(folder: str | Path, size: int, max_images: int | None = None) -> tuple[list[Image.Image], list[str]]:
-    """The folder's images (recursively, in path order), each fitted to size x size, and the paths of those that
-    would not open (skipped)."""
+@dataclass
+class Photos:
+    images: list[Image.Image]  # fitted to size x size
+    unreadable: list[str]  # paths under the folder that would not open
+    one_colour: list[str]  # skipped: every codec with a DC term reproduces them, at infinite PSNR
+
+
+def load_photos(folder: str | Path, size: int, max_images: int | None = None) -> Photos:
+    """The folder's images (recursively, in path order), each fitted to size x size; files that would not open and
+    images of a single colour are skipped and named."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
     extensions = Image.registered_extensions()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-    photos, skipped = [], []
+    photos = Photos([], [], [])
     for path in files:
-        if max_images is not None and len(photos) == max_images:
+        if max_images is not None and len(photos.images) == max_images:
             break
         try:
-            photos.append(fit(open_image(path), (size, size)))
+            img = fit(open_image(path), (size, size))
         except (ValueError, Image.DecompressionBombError) as e:
             logger.warning("skipped %s", e)
-            skipped.append(str(path.relative_to(folder)))
-    if not photos:
-        found = f"{len(skipped)} unreadable image files" if skipped else "no image files"
-        raise ValueError(f"{folder}: {found}, nothing to evaluate on")
-    return photos, skipped
+            photos.unreadable.append(str(path.relative_to(folder)))
+            continue
+        pixels = np.asarray(img)
+        if (pixels == pixels[0, 0]).all():
+            photos.one_colour.append(str(path.relative_to(folder)))
+        else:
+            photos.images.append(img)
+    if not photos.images:
+        found = [f"{len(v)} {what}" for what, v in (("unreadable image files", photos.unreadable),
+                                                     ("images of one colour", photos.one_colour)) if v]
+        raise ValueError(f"{folder}: {' and '.join(found) or 'no image files'}, nothing to evaluate on")
+    return photos
 
 
 def load_tokenizer(path: str | Path) -> BitwiseTokenizer:
@@ -151,6 +169,13 @@ def _batch(images: Sequence[Image.Image]) -> torch.Tensor:
 
 def _mean(values: Sequence[float]) -> float:
     return round(float(np.mean(values)), 3)
+
+
+def _pooled(psnr_db: Sequence[float]) -> float:
+    """PSNR of the mean squared error over all images (of one size): unlike the mean PSNR, not carried by the few
+    images a codec reproduces almost exactly."""
+    mse = np.mean([4 * 10 ** (-p / 10) for p in psnr_db])
+    return round(float(10 * np.log10(4 / mse)), 3)
 
 
 @torch.no_grad()
@@ -188,10 +213,12 @@ def tokenizer_record(name: str, tokenizer: BitwiseTokenizer, photos: Sequence[Im
                      size: int) -> Record:
     schedule = square_schedule(size, tokenizer.config.patch_size)
     d, (H, W) = tokenizer.bits, schedule.latent_hw
-    per_scale = [_mean(v) for v in tokenizer_psnr_per_scale(tokenizer, schedule, photos)]
+    per_image = tokenizer_psnr_per_scale(tokenizer, schedule, photos)
+    per_scale = [_mean(v) for v in per_image]
     record = Record(
         name=name, kind="tokenizer", bits_final_scale=d * H * W, bpp_final_scale=round(d * H * W / size**2, 4),
-        psnr_db=per_scale[-1], bits_per_token=d, grids=[list(g) for g in schedule.scales],
+        psnr_db=per_scale[-1], psnr_pooled_db=_pooled(per_image[-1]), bits_per_token=d,
+        grids=[list(g) for g in schedule.scales],
         bits_all_scales=d * schedule.seq_len, bpp_all_scales=round(d * schedule.seq_len / size**2, 4),
         psnr_per_scale_db=per_scale,
     )
@@ -211,7 +238,8 @@ def jpeg_record(budget_bits: int, photos: Sequence[Image.Image], scenes: Sequenc
     on_photos = made[:len(photos)]
     bits = float(np.mean([f.bits for f in on_photos]))
     record = Record(name=f"JPEG <= {budget_bits} bits", kind="jpeg", bits_final_scale=round(bits, 1),
-                    bpp_final_scale=round(bits / size**2, 4), psnr_db=_mean(photo_psnr), budget_bits=budget_bits,
+                    bpp_final_scale=round(bits / size**2, 4), psnr_db=_mean(photo_psnr),
+                    psnr_pooled_db=_pooled(photo_psnr), budget_bits=budget_bits,
                     shapes=_shapes_dict(shape_scores) if scenes else {})
     for target, files in (("photos", on_photos), ("shapes scenes", made[len(photos):])):
         over = [f for f in files if not f.within_budget]
@@ -230,6 +258,7 @@ def thumbnail_record(photos: Sequence[Image.Image], scenes: Sequence[Scene], siz
     photo_psnr, shape_scores = _score_reference(thumbnail, photos, scenes, size)
     return Record(name=f"thumbnail {THUMBNAIL_SIDE}x{THUMBNAIL_SIDE} bicubic", kind="thumbnail",
                   bits_final_scale=bits, bpp_final_scale=round(bits / size**2, 4), psnr_db=_mean(photo_psnr),
+                  psnr_pooled_db=_pooled(photo_psnr),
                   shapes=_shapes_dict(shape_scores) if scenes else {})
 
 
@@ -246,7 +275,8 @@ def evaluate(weights: Sequence[str | Path], images: str | Path, size: int = 128,
     tokenizers = {str(path): load_tokenizer(path) for path in weights}  # every file checked before the slow steps
     for tokenizer in tokenizers.values():
         square_schedule(size, tokenizer.config.patch_size)
-    photos, skipped = load_photos(images, size, max_images)
+    loaded = load_photos(images, size, max_images)
+    photos = loaded.images
     records = []
     for name, tokenizer in tokenizers.items():
         logger.info("tokenizer %s", name)
@@ -255,7 +285,8 @@ def evaluate(weights: Sequence[str | Path], images: str | Path, size: int = 128,
         logger.info("JPEG at %d bits", budget)
         records.append(jpeg_record(budget, photos, scenes, size))
     records.append(thumbnail_record(photos, scenes, size))
-    return {"images": {"folder": str(images), "size": size, "used": len(photos), "skipped": skipped},
+    return {"images": {"folder": str(images), "size": size, "used": len(photos), "unreadable": loaded.unreadable,
+                       "one_colour": loaded.one_colour},
             "shapes_per_object_count": shapes, "records": [asdict(r) for r in records]}
 
 
@@ -271,7 +302,7 @@ def write_results(results: dict, path: str | Path) -> None:
 def results_table(results: dict) -> str:
     """A markdown table of `evaluate`'s results."""
     header = ["name", "d", "bits (final scale)", "bpp", "bits (all scales)", "bpp (all)", "PSNR per scale (dB)",
-              "PSNR photos (dB)", "shapes PSNR 1/2/3 (dB)", "parser agreement 1/2/3"]
+              "PSNR photos (dB)", "pooled (dB)", "shapes PSNR 1/2/3 (dB)", "parser agreement 1/2/3"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results["records"]:
         shapes = [r["shapes"].get(str(n)) for n in (1, 2, 3)]
@@ -279,14 +310,17 @@ def results_table(results: dict) -> str:
         cells = [
             name, r["bits_per_token"] or "", f"{r['bits_final_scale']:g}", f"{r['bpp_final_scale']:.3f}",
             r["bits_all_scales"] or "", "" if r["bpp_all_scales"] is None else f"{r['bpp_all_scales']:.3f}",
-            " / ".join(f"{v:.1f}" for v in r["psnr_per_scale_db"] or []), f"{r['psnr_db']:.2f}",
+            " / ".join(f"{v:.1f}" for v in r["psnr_per_scale_db"] or []),
+            f"{r['psnr_db']:.2f}", f"{r['psnr_pooled_db']:.2f}",
             " / ".join("-" if s is None else f"{s['psnr_db']:.1f}" for s in shapes),
             " / ".join("-" if s is None else f"{s['parser_agreement']:.2f}" for s in shapes),
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    used, skipped = results["images"]["used"], len(results["images"]["skipped"])
-    lines.append(f"\n{used} photos from {results['images']['folder']} at {results['images']['size']} px"
-                 + (f" ({skipped} unreadable skipped)" if skipped else "")
+    info = results["images"]
+    skipped = [f"{len(info[key])} {what}" for key, what in (("unreadable", "unreadable"),
+                                                             ("one_colour", "of one colour")) if info[key]]
+    lines.append(f"\n{info['used']} photos from {info['folder']} at {info['size']} px"
+                 + (f" (skipped: {', '.join(skipped)})" if skipped else "")
                  + f"; {results['shapes_per_object_count']} held-out shapes scenes per object count.")
     lines += [f"- {r['name']}: {note}" for r in results["records"] for note in r["notes"]]
     return "\n".join(lines)
