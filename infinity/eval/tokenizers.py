@@ -19,6 +19,7 @@ the share the scene parser reads exactly right (infinity.eval.shapes).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -40,7 +41,7 @@ from .shapes import Scores, evaluate_tokenizer, evaluation_scenes
 
 logger = logging.getLogger(__name__)
 
-JPEG_QUALITIES = range(1, 96)  # Pillow's useful range (above 95 it only grows the file)
+JPEG_QUALITIES = range(1, 96)  # Pillow advises against qualities above 95
 THUMBNAIL_SIDE = 16
 RGB_BITS = 24
 
@@ -84,16 +85,24 @@ def jpeg_encode(img: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=4096)
+def _jpeg_bits(rgb: bytes, size: tuple[int, int]) -> tuple[int, ...]:
+    """The file bits of an RGB image at every quality in JPEG_QUALITIES (cached: every budget searches them)."""
+    img = Image.frombytes("RGB", size, rgb)
+    return tuple(8 * len(jpeg_encode(img, q)) for q in JPEG_QUALITIES)
+
+
 def jpeg_at_budget(img: Image.Image, budget_bits: int) -> JpegFile:
     """The largest JPEG of `img` (over every quality 1..95) whose file has at most `budget_bits` bits; the
     quality-1 file, marked not within budget, when none fits. File size need not grow with quality, so every
     quality is tried."""
-    sizes = {q: jpeg_encode(img, q) for q in JPEG_QUALITIES}
-    fitting = [q for q, data in sizes.items() if 8 * len(data) <= budget_bits]
-    quality = max(fitting, key=lambda q: (len(sizes[q]), q)) if fitting else JPEG_QUALITIES[0]
-    with Image.open(io.BytesIO(sizes[quality])) as decoded:
+    img = img.convert("RGB")
+    bits = dict(zip(JPEG_QUALITIES, _jpeg_bits(img.tobytes(), img.size)))
+    fitting = [q for q, b in bits.items() if b <= budget_bits]
+    quality = max(fitting, key=lambda q: (bits[q], q)) if fitting else JPEG_QUALITIES[0]
+    with Image.open(io.BytesIO(jpeg_encode(img, quality))) as decoded:
         image = decoded.convert("RGB")
-    return JpegFile(image, 8 * len(sizes[quality]), quality, bool(fitting))
+    return JpegFile(image, bits[quality], quality, bool(fitting))
 
 
 def thumbnail(img: Image.Image, side: int = THUMBNAIL_SIDE) -> Image.Image:
