@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=int, default=128, help="square side the photos are cropped to (default: %(default)s)")
     t.add_argument("--shapes", type=int, default=31, metavar="N",
                    help="held-out shapes scenes of 1, 2 and 3 objects, N each (default: %(default)s, at most 31)")
-    t.add_argument("--max-images", type=int, default=None, help="the first N photos in path order (default: all)")
-    t.add_argument("--out", default=None, help="also write the results as JSON to this file")
+    t.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="the first N photos in path order (default: all)")
+    t.add_argument("--out", default=None, metavar="FILE", help="also write the results as JSON to this file")
     return parser
 
 
