@@ -3,6 +3,7 @@
     python -m infinity.eval shapes --weights assets/embedded            # prompt adherence of the pipeline
     python -m infinity.eval shapes --tokenizer runs/tok/tokenizer.safetensors   # PSNR + parser on reconstructions
     python -m infinity.eval shapes --weights assets/embedded --teacher-forced   # bit errors per scale
+    python -m infinity.eval tokenizer --weights A.safetensors B.safetensors --images DIR   # vs JPEG, thumbnail
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..checkpoints import CheckpointError, load_model
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import shapes_schedules
 from .shapes import errors_table, evaluate_pipeline, evaluate_tokenizer, evaluation_scenes, teacher_forced_errors
+from .tokenizers import evaluate as evaluate_tokenizers, results_table, write_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score held-out scenes or scenes of the training stream (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the scores to this file")
+    t = sub.add_parser("tokenizer", help="tokenizers side by side with JPEG and a thumbnail (photos, shapes)")
+    t.add_argument("--weights", nargs="+", required=True, metavar="FILE", help="tokenizer .safetensors files")
+    t.add_argument("--images", required=True, metavar="DIR", help="a folder of held-out photographs")
+    t.add_argument("--size", type=int, default=128, help="square side the photos are cropped to (default: %(default)s)")
+    t.add_argument("--shapes", type=int, default=31, metavar="N",
+                   help="held-out shapes scenes of 1, 2 and 3 objects, N each (default: %(default)s, at most 31)")
+    t.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="the first N photos in path order (default: all)")
+    t.add_argument("--out", default=None, metavar="FILE", help="also write the results as JSON to this file")
     return parser
 
 
@@ -53,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
+        if args.command == "tokenizer":
+            results = evaluate_tokenizers(args.weights, args.images, args.size, args.shapes, args.max_images)
+            print(results_table(results))
+            if args.out:
+                write_results(results, args.out)
+            return 0
         scenes = evaluation_scenes({n + 1: c for n, c in enumerate(args.count) if c > 0}, args.seed, args.split)
         if args.teacher_forced and args.tokenizer:
             raise ValueError("--teacher-forced scores a pipeline's transformer: give --weights, not --tokenizer")
