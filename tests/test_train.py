@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -375,8 +376,15 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
+def _free_port() -> int:
+    """A port no other process listens on now (tests of other checkouts may run torchrun at the same time)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(args: list[str], processes: int = 1) -> None:
-    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", "29517"]
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", str(_free_port())]
     cmd = [sys.executable, *(launcher if processes > 1 else []), "-m", "infinity.train", *args]
     done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
