@@ -26,6 +26,7 @@ Legend: B batch (this process), G global batch, L tokens of all scales, d bits, 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -157,7 +158,9 @@ def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
     return (index_BL[..., None] >> torch.arange(d, device=index_BL.device)) & 1
 
 
+@functools.lru_cache(maxsize=2)
 def load_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:
+    """The frozen text encoder, loaded once per process (runs trained one after another share it)."""
     if name == "minilm":
         return MiniLMTextEncoder.from_pretrained(None, device=device, max_length=max_length)
     return T5TextEncoder.from_pretrained(name, device=device)
