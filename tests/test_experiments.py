@@ -30,7 +30,8 @@ def tokenizer_files(tmp_path_factory):
 def test_the_claims_driver_runs_every_arm_and_seed_and_resumes(tmp_path, tokenizer_files, one_thread):
     d8, d4 = tokenizer_files
     argv = ["claims", "--recipe", "shapes-tiny", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
-            "--tokenizer", str(d8), "--head-bits", "4", "--tokenizer-steps", "1", "--bits-tokenizers", str(d4), str(d8), "--bits-pixels", "32",
+            "--tokenizer", str(d8), "--head-bits", "4", "--tokenizer-steps", "1",
+            "--bits-tokenizers", str(d4), str(d8), "--bits-pixels", "32",
             "--seeds", "0", "1", "--steps", "2", "--batch-size", "2", "--strengths", "0", "0.5",
             "--eval-count", "1", "1", "0", "--recovery-scales", "2", "--recovery-fractions", "0", "0.5"]
     assert main(argv) == 0
@@ -76,15 +77,17 @@ def test_arms_pair_each_seed_across_the_compared_settings():
 
 def test_index_head_sizes_match_the_model_and_grow_as_two_to_the_d():
     config = TINY.transformer_config(TINY.tokenizer, "index")
-    head = Infinity(config).head
-    rows = index_head_sizes(config.width, 85, 16, [8, 16])
-    assert rows[0]["index_head_params"] == sum(p.numel() for p in head.parameters())
+    model = Infinity(config)
+    rows = index_head_sizes(config, 85, 16, [8, 16])
+    assert rows[0]["index_head_params"] == sum(p.numel() for p in model.head.parameters())
+    assert rows[0]["rest_of_model_params"] + rows[0]["index_head_params"] == sum(p.numel() for p in model.parameters())
     assert rows[1]["index_head_params"] == 256 * rows[0]["index_head_params"]
     assert rows[1]["index_logits_bytes"] == 4 * 16 * 85 * 2**16
 
 
 def test_tokenizer_schedule_ends_at_the_full_latent():
-    assert tokenizer_schedule(8).scales[-1] == (16, 16) and tokenizer_schedule(16).scales == ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8))
+    assert tokenizer_schedule(8).scales[-1] == (16, 16)
+    assert tokenizer_schedule(16).scales == ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8))
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):

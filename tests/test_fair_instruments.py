@@ -38,7 +38,8 @@ def test_arms_differing_only_in_the_head_start_from_the_same_trunk(tokenizer_fil
     trunk = [k for k in bits if not k.startswith("head.")]
     assert len(trunk) > 50 and all(torch.equal(bits[k], index[k]) for k in trunk)
     assert bits["head.weight"].shape == (2 * 8, 48) and index["head.weight"].shape == (2**8, 48)
-    assert not torch.equal(_task(tokenizer_file, seed=1).model.state_dict()["word_embed.weight"], bits["word_embed.weight"])
+    other_seed = _task(tokenizer_file, seed=1).model.state_dict()
+    assert not torch.equal(other_seed["word_embed.weight"], bits["word_embed.weight"])
 
 
 class _Recorder(torch.nn.Module):
@@ -78,7 +79,7 @@ def test_both_heads_losses_are_in_nats_per_bit_at_initialisation(tokenizer_file)
         task = _task(tokenizer_file, head)
         task.setup(CPU, task.model)
         loss, _, _ = task.losses(0, CPU)
-        assert abs(float(loss.detach()) - torch.log(torch.tensor(2.0))) < 0.01, head  # ln 2 per bit, not d ln 2 per token
+        assert abs(float(loss.detach()) - 0.6931) < 0.01, head  # ln 2 per bit, not d ln 2 per token
 
 
 def test_recipe_bit_depth_comes_from_the_tokenizer_and_export_checks_the_rest():

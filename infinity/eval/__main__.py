@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the rest sampled; PSNR and parser against the clean reconstruction")
     r.add_argument("--weights", default=None, help="a pipeline folder; default: the embedded model")
     r.add_argument("--scales", type=int, nargs="+", default=(2, 3, 4), metavar="K", help="(default: 2 3 4)")
-    r.add_argument("--fractions", type=float, nargs="+", default=(0.0, 0.1, 0.3), metavar="P", help="(default: 0 0.1 0.3)")
+    r.add_argument("--fractions", type=float, nargs="+", default=(0.0, 0.1, 0.3), metavar="P",
+                   help="(default: 0 0.1 0.3)")
     r.add_argument("--count", type=int, nargs=3, default=(8, 8, 8), metavar=("ONE", "TWO", "THREE"),
                    help="held-out scenes with 1, 2 and 3 objects (default: 8 8 8)")
     r.add_argument("--cfg", type=float, default=1.0, help="guidance weight (default: %(default)s: none)")

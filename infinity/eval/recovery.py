@@ -100,7 +100,8 @@ def _scores(result_B3HW: torch.Tensor, reference_B3HW: torch.Tensor, clean_B3HW:
 
 
 def recovery_table(points: Sequence[RecoveryPoint], title: str) -> str:
-    lines = [title, f"{'k':>3} {'p':>6} {'scenes':>7} {'PSNR dB':>8} {'parser':>7} {'no-correction PSNR':>19} {'parser':>7}"]
+    header = f"{'k':>3} {'p':>6} {'scenes':>7} {'PSNR dB':>8} {'parser':>7} {'no-correction PSNR':>19} {'parser':>7}"
+    lines = [title, header]
     for r in points:
         lines.append(f"{r.k:>3} {r.p:>6.2f} {r.scenes:>7} {r.psnr_db:>8.2f} {r.parser_pass:>7.3f}"
                      f" {r.reference_psnr_db:>19.2f} {r.reference_parser_pass:>7.3f}")

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = ClaimsConfig(
         out=args.out, docs=args.docs, recipe=args.recipe, tokenizer=args.tokenizer, head_tokenizer=args.head_tokenizer,
-        head_bits=args.head_bits, bits_tokenizers=tuple(args.bits_tokenizers), bits_pixels=args.bits_pixels, seeds=tuple(args.seeds),
+        head_bits=args.head_bits, bits_tokenizers=tuple(args.bits_tokenizers), bits_pixels=args.bits_pixels,
+        seeds=tuple(args.seeds),
         steps=args.steps, batch_size=args.batch_size, tokenizer_steps=args.tokenizer_steps,
         self_correction_strengths=tuple(args.strengths), threads=args.threads, eval_count=tuple(args.eval_count),
         recovery_scales=tuple(args.recovery_scales), recovery_fractions=tuple(args.recovery_fractions),

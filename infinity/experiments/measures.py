@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..images import psnr
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.model import latent_scales
+from ..transformer import Infinity, TransformerConfig
 from ..train.transformer_trainer import bitwise_cross_entropy, index_cross_entropy, predicted_bits
 
 SHAPES_GRIDS = (1, 2, 4, 6, 8, 12, 16)  # the embedded model's square scales
@@ -78,13 +80,17 @@ def tokenizer_psnr_per_scale(tokenizer: BitwiseTokenizer, scenes: Sequence[Scene
             "parser_pass": round(passes / len(scenes), 4)}
 
 
-def index_head_sizes(width: int, tokens: int, batch: int, ds: Sequence[int]) -> list[dict]:
-    """Per d: parameters of the index head (width x 2^d + 2^d) and of the bitwise head (width x 2d + 2d), and the
-    fp32 logits of one training batch (batch x tokens x outputs x 4 bytes) of each."""
+def index_head_sizes(config: TransformerConfig, tokens: int, batch: int, ds: Sequence[int]) -> list[dict]:
+    """Per d: parameters of the index head (C x 2^d + 2^d) and of the bitwise head (C x 2d + 2d), the fp32 logits
+    of one training batch (batch x tokens x outputs x 4 bytes) of each, and the rest of the model at that d."""
     rows = []
+    C = config.width
     for d in ds:
         index_out, bits_out = 2**d, 2 * d
-        rows.append({"d": d, "index_head_params": (width + 1) * index_out, "bits_head_params": (width + 1) * bits_out,
+        bitwise = Infinity(dataclasses.replace(config, bits=d, head="bits"))
+        rest = sum(p.numel() for p in bitwise.parameters()) - (C + 1) * bits_out
+        rows.append({"d": d, "width": C, "tokens": tokens, "batch": batch, "rest_of_model_params": rest,
+                     "index_head_params": (C + 1) * index_out, "bits_head_params": (C + 1) * bits_out,
                      "index_logits_bytes": 4 * batch * tokens * index_out,
                      "bits_logits_bytes": 4 * batch * tokens * bits_out})
     return rows

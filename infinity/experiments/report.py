@@ -59,7 +59,8 @@ def arm_table(records: Sequence[dict], claim: str) -> list[str]:
                                                       for k, p in drops) + ".")
     s = first["metrics"]["sampling"]
     lines.append(f"Recovery sampled at cfg {s['recovery']['cfg']:g}, tau {s['recovery']['tau']:g}; adherence at cfg "
-                 f"{s['adherence']['cfg']:g}, tau {s['adherence']['tau']:g}; {first['metrics']['scenes']} held-out scenes.")
+                 f"{s['adherence']['cfg']:g}, tau {s['adherence']['tau']:g}; "
+                 f"{first['metrics']['scenes']} held-out scenes.")
     return lines
 
 
@@ -67,7 +68,10 @@ def head_size_table(records: Sequence[dict]) -> list[str]:
     rows = [r["metrics"] for r in records if r["arm"] == "head-size"]
     if not rows:
         return []
-    lines = ["| d | index head params | bitwise head params | index logits (MB) | bitwise logits (MB) |",
+    first = rows[0]
+    lines = [f"Heads on the {first['width']}-wide transformer (the rest of it: {first['rest_of_model_params']:,} "
+             f"parameters); fp32 logits of one training batch of {first['batch']} x {first['tokens']} tokens.", "",
+             "| d | index head params | bitwise head params | index logits (MB) | bitwise logits (MB) |",
              "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['d']} | {r['index_head_params']:,} | {r['bits_head_params']:,} | "
@@ -90,9 +94,10 @@ def bits_table(records: Sequence[dict]) -> list[str]:
 
 
 def markdown(records: Sequence[dict]) -> str:
-    parts = ["# The paper's claims, in miniature", "", "Written by `python -m infinity.experiments claims`; every figure "
-             "is computed from results.json. Mean ± standard deviation over seeds; ΔPSNR is the recovery result's "
-             "PSNR at p minus its PSNR at p = 0 (same model, same scale k), against the clean reconstruction.", "",
+    parts = ["# The paper's claims, in miniature", "",
+             "Written by `python -m infinity.experiments claims`; every figure is computed from results.json. "
+             "Mean ± standard deviation over seeds; ΔPSNR is the recovery result's PSNR at p minus its PSNR at "
+             "p = 0 (same model, same scale k), against the clean reconstruction.", "",
              "## Self-correction", "", *arm_table(records, "self-correction"), "",
              "## Bits vs indices", "", *arm_table(records, "head"), "", *head_size_table(records), "",
              "## Bit depth", "", *bits_table(records), ""]
@@ -117,12 +122,12 @@ def recovery_figure(records: Sequence[dict], path: Path, claim: str = "self-corr
     lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
 
     pw, ph, ml, mt, mb = 360, 260, 60, 40, 50
-    img = Image.new("RGB", (ml + len(ks) * (pw + 20), mt + ph + mb + 20 * len(groups)), "white")
+    img = Image.new("RGB", (ml + len(ks) * (pw + ml), mt + ph + mb + 20 * len(groups)), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     draw.text((ml, 8), "Recovery from flipped bits: PSNR (dB) of the result vs the clean reconstruction",
               fill="black", font=font)
     for i, k in enumerate(ks):
-        x0 = ml + i * (pw + 20)
+        x0 = ml + i * (pw + ml)
 
         def xy(p: float, v: float) -> tuple[float, float]:
             px = x0 + (p - ps[0]) / max(ps[-1] - ps[0], 1e-9) * pw

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("tokenizer", help="train the multi-scale bitwise tokenizer (VAE + BSQ/LFQ)")
     _common(tok, lr=1e-3)
     tok.add_argument("--bits", type=int, default=0,
-                     help="bits per latent cell d (0: the recipe's); a transformer trained on this tokenizer takes its d")
+                     help="bits per latent cell d (0: the recipe's); a transformer trained on it takes its d")
     t = tok.add_argument_group("tokenizer losses")
     t.add_argument("--recon-weight", type=float, default=1.0, help="L1 reconstruction (default: %(default)s)")
     t.add_argument("--object-weight", type=float, default=0.0,
@@ -162,8 +162,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
             feature_commitment=args.feature_commitment_weight, gan=args.gan_weight,
             gan_start=args.gan_start, perceptual=args.perceptual_weight,
         )
-        return TokenizerTask(recipe.tokenizer_config(args.bits), recipe.schedules, loss, args.data, args.batch_size, args.seed,
-                             run.optim, init_from=args.init_from, crop_size=args.crop_size,
+        return TokenizerTask(recipe.tokenizer_config(args.bits), recipe.schedules, loss, args.data, args.batch_size,
+                             args.seed, run.optim, init_from=args.init_from, crop_size=args.crop_size,
                              decoder_only=args.decoder_only, sample_from=args.sample_from,
                              sample_share=args.sample_share, sample_given_scales=args.sample_given_scales)
     tokenizer = load_model(args.tokenizer)
