@@ -3,6 +3,11 @@
 Cases live in tests/fixtures/reference/ and, when the environment variable INFINITY_REFERENCE_DIR names a
 folder of the same format (a folder of cases, or one case), there too. Each case folder holds meta.json
 (kind, configuration, schedule, per-tensor tolerances) and tensors.safetensors.
+
+A transformer case decodes with the VAE of the case its meta.json names under `vae_case`: another folder of the
+same set, or itself (self-contained: its VAE weights beside the transformer's, its VAE arguments under
+`vae_model`). A recorded output may cover only the first elements of the batch the call ran; its shape says how
+many, and those are compared.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from infinity.tokenizer import TokenizerConfig
+from infinity.checkpoints import map_official, official_tokenizer_key
+from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 
@@ -54,6 +60,11 @@ class Case:
     def sibling(self, name: str) -> Case:
         return Case(self.folder.parent / name)
 
+    def vae_case(self) -> Case:
+        """The case holding this transformer case's VAE weights (`vae.*`) and arguments: itself when self-contained."""
+        name = self.meta["vae_case"]
+        return self if name == self.folder.name else self.sibling(name)
+
 
 def _case_folders(root: Path) -> list[Path]:
     if (root / "meta.json").is_file():
@@ -71,8 +82,9 @@ def discover(kind: str) -> list[Case]:
 
 
 def tokenizer_config(meta: dict) -> TokenizerConfig:
-    """Our config for the official AutoEncoder argument namespace recorded in a case."""
-    args = meta["model"]["args_namespace_full"]
+    """Our config for the official AutoEncoder argument namespace recorded in a case: a tokenizer case's `model`,
+    or the `vae_model` of a self-contained transformer case."""
+    args = meta.get("vae_model", meta["model"])["args_namespace_full"]
     assert args["encoder_ch_mult"] == args["decoder_ch_mult"], "asymmetric encoder/decoder is not a released layout"
     assert args["quantizer_type"] == "MultiScaleBSQ" and args["new_quant"], "only the released BSQ quantizer"
     return TokenizerConfig(
@@ -83,6 +95,32 @@ def tokenizer_config(meta: dict) -> TokenizerConfig:
         patch_size=args["patch_size"],
         quantizer="bsq",
     )
+
+
+def official_tokenizer(case: Case) -> BitwiseTokenizer:
+    """Our tokenizer holding a case's official VAE weights (`vae.*`): a tokenizer case, or a self-contained
+    transformer case."""
+    tok = BitwiseTokenizer(tokenizer_config(case.meta))
+    tok.load_state_dict(map_official(case.weights("vae."), official_tokenizer_key), strict=True)
+    return tok.eval()
+
+
+def self_contained_copy(case: Case, out_dir: Path, first_element_only: tuple[str, ...]) -> Case:
+    """The transformer case re-packed as the fixture README's other layout: one folder holding the VAE's weights and
+    arguments too, and the outputs named in `first_element_only` recorded for batch element 0 only."""
+    vae = case.vae_case()
+    folder = out_dir / f"{case.folder.name}_self_contained"
+    folder.mkdir(parents=True)
+    meta = json.loads(json.dumps(case.meta))
+    meta.update(vae_case=folder.name, vae_model=vae.meta["model"])
+    tensors = {**case.tensors, **{k: v for k, v in vae.tensors.items() if k.startswith("vae.")}}
+    for key in first_element_only:
+        tensors[key] = tensors[key][:1].contiguous()
+        meta["tensors"][key]["shape"] = list(tensors[key].shape)
+        meta["tensors"][key]["desc"] += " (batch element 0 only)"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    save_file(tensors, folder / "tensors.safetensors")
+    return Case(folder)
 
 
 def image_input(u8: torch.Tensor) -> torch.Tensor:
@@ -103,6 +141,8 @@ class Checker:
         spec, ref = self.case.spec(key), self.case.tensors[key]
         self.checked.add(key)
         ours = ours.detach()
+        if ours.ndim == ref.ndim and ours.shape[1:] == ref.shape[1:] and 0 < ref.shape[0] < ours.shape[0]:
+            ours = ours[: ref.shape[0]]  # recorded for the first elements of the batch only
         if tuple(ours.shape) != tuple(ref.shape):
             ours = ours.reshape(ref.shape) if ours.numel() == ref.numel() else ours
         if tuple(ours.shape) != tuple(ref.shape):

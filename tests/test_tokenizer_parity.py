@@ -7,18 +7,11 @@ codes from bits, decoder.
 import pytest
 import torch
 
-from infinity.checkpoints import map_official, official_tokenizer_key
-from infinity.tokenizer import BitwiseTokenizer, MultiScaleQuantizer
-from reference_cases import Case, Checker, discover, image_input, tokenizer_config
+from infinity.tokenizer import MultiScaleQuantizer
+from reference_cases import Case, Checker, discover, image_input, official_tokenizer
 
 TOKENIZER_CASES = discover("tokenizer")
 BSC_CASES = discover("self_correction")
-
-
-def _tokenizer(case: Case) -> BitwiseTokenizer:
-    tok = BitwiseTokenizer(tokenizer_config(case.meta))
-    tok.load_state_dict(map_official(case.weights("vae."), official_tokenizer_key), strict=True)
-    return tok.eval()
 
 
 def _bits_official(bits_Bhwd: torch.Tensor) -> torch.Tensor:
@@ -33,7 +26,7 @@ def test_parity_fixtures_present():
 @torch.no_grad()
 def test_tokenizer_parity(case: Case):
     t, check = case.tensors, Checker(case)
-    tok = _tokenizer(case)
+    tok = official_tokenizer(case)
     K = len(case.scales)
 
     check("raw_features", tok.encode(image_input(t["image_u8"])))

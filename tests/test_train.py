@@ -16,7 +16,8 @@ from infinity.train.data import make_source
 from infinity.train.engine import Distributed, OptimConfig, adamw, load_checkpoint, lr_at
 from infinity.train.loop import RunConfig, train
 from infinity.train.recipes import RECIPES
-from infinity.train.tokenizer_trainer import TokenizerLoss, TokenizerTask, background_mask
+from infinity.train.shared import background_mask
+from infinity.train.tokenizer_trainer import CaptionSampler, TokenizerLoss, TokenizerTask
 from infinity.train.transformer_trainer import (
     GlobalBatchFlips,
     OnPolicyFlips,
@@ -273,6 +274,79 @@ def test_resumed_run_ends_in_the_same_state(tmp_path):
     assert '"step": 6' in (tmp_path / "b" / "metrics.jsonl").read_text()
 
 
+def test_transformer_resumed_with_self_correction_and_on_policy_flips_ends_in_the_same_state(tmp_path, tiny_tokenizer_file):
+    loss = TransformerLoss(self_correction_scales=3, self_correction_strength=0.3, cond_dropout=0.25,
+                           on_policy_share=0.5, on_policy_given=1)
+
+    def task():
+        return TransformerTask(TINY.transformer, load_model(tiny_tokenizer_file), str(tiny_tokenizer_file), "minilm",
+                               TINY.schedules, loss, "shapes", 4, 0)
+
+    run = dict(steps=4, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=2, progress=False)
+    torch.manual_seed(0)
+    straight = task()
+    train(straight, RunConfig(out_dir=str(tmp_path / "a"), **run), CPU)
+
+    torch.manual_seed(0)
+    with pytest.raises(_Killed):
+        train(_DiesAt(task(), 3), RunConfig(out_dir=str(tmp_path / "b"), **run), CPU)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
+    torch.manual_seed(123)  # a fresh process: other initial weights, overwritten by the checkpoint
+    resumed = task()
+    train(resumed, RunConfig(out_dir=str(tmp_path / "b"), resume=True, **run), CPU)
+
+    a, b = _state(straight.model), _state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _gan_task(**loss) -> TokenizerTask:
+    return TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(gan=0.5, **loss), "shapes", 4, 0,
+                         OptimConfig(lr=1e-3, weight_decay=0.0))
+
+
+def test_gan_step_trains_the_discriminator_and_adds_the_generator_term():
+    torch.manual_seed(0)
+    task = _gan_task()
+    task.setup(CPU, task.model)
+    torch.manual_seed(0)
+    total, metrics, _ = task.losses(3, CPU)
+    torch.manual_seed(0)
+    _, again, _ = task.losses(3, CPU)  # the same batch, after the discriminator's step on it
+    assert again["d_loss"] < metrics["d_loss"]
+
+    before_start = _gan_task(gan_start=100)  # the same weights, before the GAN term starts
+    before_start.model.load_state_dict(task.model.state_dict())
+    before_start.setup(CPU, before_start.model)
+    torch.manual_seed(0)
+    plain, plain_metrics, _ = before_start.losses(3, CPU)
+    assert "g_loss" not in plain_metrics
+    assert float((total - plain).detach()) == pytest.approx(0.5 * metrics["g_loss"], rel=1e-4, abs=1e-6)
+
+
+class _RecordsDiscriminatorLr:
+    def __init__(self, task):
+        self.task, self.model, self.lrs = task, task.model, []
+
+    def losses(self, step, dist):
+        self.lrs.append(self.task.disc_optimizer.param_groups[0]["lr"])
+        return self.task.losses(step, dist)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+
+def test_discriminator_follows_the_generators_warmup_and_cosine(tmp_path):
+    optim = OptimConfig(lr=1e-3, warmup_steps=2, min_lr_ratio=0.1)
+    task = _RecordsDiscriminatorLr(TokenizerTask(TINY.tokenizer, TINY.schedules, TokenizerLoss(gan=0.5), "shapes",
+                                                 2, 0, optim))
+    train(task, RunConfig(out_dir=str(tmp_path), steps=5, batch_size=2, optim=optim, log_every=1, progress=False), CPU)
+    generator = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                 if "loss" in line]
+    assert generator == pytest.approx([lr_at(s, 5, optim) for s in range(5)])
+    assert task.lrs == pytest.approx(generator)
+    assert task.lrs[0] < task.lrs[1] and task.lrs[1] > task.lrs[-1]  # warm-up, then decay
+
+
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     run = RunConfig(out_dir=str(tmp_path), steps=1, batch_size=2, progress=False)
     train(_tokenizer_task(), run, CPU)
@@ -457,8 +531,14 @@ def tiny_model_folder(tmp_path_factory, tiny_tokenizer_file) -> Path:
     return folder / "model"
 
 
+def _sampler(folder: Path) -> CaptionSampler:
+    from infinity.train.__main__ import _caption_sampler  # the CLI's --sample-from
+
+    return _caption_sampler(str(folder))
+
+
 def test_decoder_trains_on_the_transformers_samples(tmp_path, tiny_tokenizer_file, tiny_model_folder):
-    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sample_from=str(tiny_model_folder),
+    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sampler=_sampler(tiny_model_folder),
                            sample_share=0.5, sample_given_scales=1)
     assert task.identity()["sample_from"] == str(tiny_model_folder)
     run = RunConfig(out_dir=str(tmp_path), steps=3, batch_size=4, optim=OptimConfig(warmup_steps=1), progress=False,
@@ -472,7 +552,7 @@ def test_decoder_trains_on_the_transformers_samples(tmp_path, tiny_tokenizer_fil
 
 
 def test_sampled_features_keep_the_given_scales_of_the_image(tiny_tokenizer_file, tiny_model_folder):
-    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sample_from=str(tiny_model_folder))
+    task = _tokenizer_task(init_from=str(tiny_tokenizer_file), decoder_only=True, sampler=_sampler(tiny_model_folder))
     schedule, d = TINY.schedules["1:1"], TINY.tokenizer.bits
     batch = task.source.batch(0, 3, slice(0, 3))
     x = batch.images_B3HW
@@ -489,15 +569,24 @@ def test_sampled_features_keep_the_given_scales_of_the_image(tiny_tokenizer_file
 
 
 def test_training_on_samples_refuses_what_cannot_work(tmp_path, tiny_tokenizer_file, tiny_model_folder):
-    init, folder = str(tiny_tokenizer_file), str(tiny_model_folder)
+    init, sampler = str(tiny_tokenizer_file), _sampler(tiny_model_folder)
     with pytest.raises(ValueError, match="--decoder-only"):
-        _tokenizer_task(init_from=init, sample_from=folder)
+        _tokenizer_task(init_from=init, sampler=sampler)
     for share in (0.0, 1.0):
         with pytest.raises(ValueError, match="share"):
-            _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_share=share)
+            _tokenizer_task(init_from=init, decoder_only=True, sampler=sampler, sample_share=share)
     with pytest.raises(ValueError, match="at least one to sample"):
-        _tokenizer_task(init_from=init, decoder_only=True, sample_from=folder, sample_given_scales=4)
+        _tokenizer_task(init_from=init, decoder_only=True, sampler=sampler, sample_given_scales=4)
     torch.manual_seed(1)
     other = save_model(BitwiseTokenizer(TINY.tokenizer), tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="another encoder"):
-        _tokenizer_task(init_from=str(other), decoder_only=True, sample_from=folder)
+        _tokenizer_task(init_from=str(other), decoder_only=True, sampler=sampler)
+
+
+def test_trainers_import_neither_each_other_nor_the_pipeline():
+    import ast
+
+    for name in ("tokenizer_trainer", "transformer_trainer"):
+        tree = ast.parse((ROOT / "infinity" / "train" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"tokenizer_trainer", "transformer_trainer", "pipeline", "infinity.pipeline"}, name

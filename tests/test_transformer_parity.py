@@ -2,8 +2,11 @@
 
 Every case of kind "transformer" (tests/fixtures/reference and $INFINITY_REFERENCE_DIR) is rebuilt from its
 meta.json: configuration, schedule, prompt lengths, CFG settings and tolerances all come from the case.
-Two paths are checked: the teacher-forced training forward, and the KV-cached scale-by-scale pass with a
-CFG-doubled batch fed the recorded next-scale inputs (so the tokenizer is not involved).
+Three paths are checked: the teacher bits and teacher-forcing inputs that the case's VAE quantizer makes of the
+recorded features, the teacher-forced training forward, and the KV-cached scale-by-scale pass with a CFG-doubled
+batch fed the recorded next-scale inputs (so the tokenizer is not involved). The sampler's parity (codes, decoded
+image) is in test_sampling.py. A case's VAE is another case's or its own (self-contained); both layouts, and
+outputs recorded for the first batch element only, are exercised on a re-packed copy of the public case.
 """
 from functools import partial
 
@@ -13,7 +16,7 @@ import torch
 from infinity.schedules import Schedule
 from infinity.transformer import Infinity, TransformerConfig
 from infinity.checkpoints import official_blocks_per_chunk, official_transformer_key
-from reference_cases import Case, Checker, discover
+from reference_cases import Case, Checker, discover, official_tokenizer, self_contained_copy
 
 TRANSFORMER_CASES = discover("transformer")
 
@@ -106,3 +109,27 @@ def test_transformer_cached_cfg_parity(case: Case):
         guided_BlV = cfg * scaled_BlV[:B] + (1 - cfg) * scaled_BlV[B:]
         check(f"infer_logits_cfg_s{k}", guided_BlV.reshape(B, -1, 2))
     check.assert_ok()
+
+
+@pytest.mark.parametrize("case", TRANSFORMER_CASES, ids=lambda c: c.name)
+@torch.no_grad()
+def test_transformer_teacher_bits_parity(case: Case):
+    """The case's inputs come from its VAE's quantizer: our quantizer makes the same bits and inputs of them."""
+    t, check = case.tensors, Checker(case)
+    codes = official_tokenizer(case.vae_case()).quantize(t["raw_features"], case.scales)
+    for k, bits_Bhwd in enumerate(codes.bits):
+        check(f"gt_bits_s{k}", bits_Bhwd.unsqueeze(1))  # the official layout (B, 1, h, w, d)
+    check("x_BLC_wo_prefix", codes.teacher_forcing_inputs())
+    check.assert_ok()
+
+
+def test_a_self_contained_case_with_outputs_of_the_first_element(tmp_path):
+    from test_sampling import test_sampler_parity_with_teacher_bits
+
+    first_only = ("infer_decode_in", "infer_img_uint8")
+    case = self_contained_copy(TRANSFORMER_CASES[0], tmp_path, first_element_only=first_only)
+    assert case.vae_case() is case and "vae_model" in case.meta
+    assert all(case.tensors[k].shape[0] == 1 < case.meta["batch"] for k in first_only)
+    for test in (test_transformer_forward_parity, test_transformer_cached_cfg_parity,
+                 test_transformer_teacher_bits_parity, test_sampler_parity_with_teacher_bits):
+        test(case)

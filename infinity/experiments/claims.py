@@ -142,12 +142,12 @@ class Runner:
 
     def _pipe(self, tokenizer: str, transformer: Path, cfg: float):
         from ..pipeline import InfinityPipeline
-        from ..train.transformer_trainer import load_text_encoder
+        from ..train.transformer_trainer import shared_text_encoder
 
         recipe = RECIPES[self.cfg.recipe]
         if self.text_encoder is None:
-            self.text_encoder = load_text_encoder(recipe.text_encoder, torch.device("cpu"),
-                                                  recipe.transformer.text_maxlen)
+            self.text_encoder = shared_text_encoder(recipe.text_encoder, torch.device("cpu"),
+                                                    recipe.transformer.text_maxlen)
         return InfinityPipeline(load_model(tokenizer), load_model(transformer), self.text_encoder, recipe.schedules,
                                 SamplingDefaults(cfg=cfg, tau=1.0), self.cfg.recipe, "cpu", torch.float32)
 

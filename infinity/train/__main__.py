@@ -17,7 +17,8 @@ from ..transformer import Infinity
 from .engine import Distributed, OptimConfig
 from .loop import RunConfig, train
 from .recipes import RECIPES
-from .tokenizer_trainer import TokenizerLoss, TokenizerTask
+from .shared import load_text_encoder
+from .tokenizer_trainer import CaptionSampler, TokenizerLoss, TokenizerTask
 from .transformer_trainer import TransformerLoss, TransformerTask
 
 logger = logging.getLogger("infinity.train")
@@ -153,6 +154,14 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def _caption_sampler(folder: str) -> CaptionSampler:
+    """The model folder's pipeline (on the CPU until the run's device is known), to sample for captions."""
+    from ..pipeline import InfinityPipeline
+
+    pipe = InfinityPipeline.from_pretrained(folder, device="cpu", dtype=torch.float32, local_files_only=True)
+    return CaptionSampler(pipe, folder)
+
+
 def _task(args: argparse.Namespace, run: RunConfig):
     recipe = RECIPES[args.recipe]
     if args.command == "tokenizer":
@@ -164,7 +173,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
         )
         return TokenizerTask(recipe.tokenizer_config(args.bits), recipe.schedules, loss, args.data, args.batch_size,
                              args.seed, run.optim, init_from=args.init_from, crop_size=args.crop_size,
-                             decoder_only=args.decoder_only, sample_from=args.sample_from,
+                             decoder_only=args.decoder_only,
+                             sampler=_caption_sampler(args.sample_from) if args.sample_from else None,
                              sample_share=args.sample_share, sample_given_scales=args.sample_given_scales)
     tokenizer = load_model(args.tokenizer)
     if not isinstance(tokenizer, BitwiseTokenizer):
@@ -185,7 +195,6 @@ def export(args: argparse.Namespace) -> None:
     """Tokenizer + transformer + MiniLM + the recipe's schedules + sampling defaults -> a pipeline folder."""
     from ..options import SamplingDefaults
     from ..pipeline import InfinityPipeline
-    from .transformer_trainer import load_text_encoder
 
     recipe = RECIPES[args.recipe]
     tokenizer, transformer = load_model(args.tokenizer), load_model(args.transformer)

@@ -62,6 +62,7 @@ class Task(Protocol):
     """What one trainer computes. `model` is trained, averaged (EMA) and checkpointed by the loop."""
 
     model: nn.Module
+    optimizers: tuple[torch.optim.Optimizer, ...]  # the task's own (a GAN discriminator's), on the model's lr schedule
 
     def setup(self, dist: Distributed, wrapped: nn.Module) -> None: ...
 
@@ -121,7 +122,8 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
     for step in range(start, run.steps):
         torch.manual_seed(step_seed(run.seed, step, f"rank{dist.rank}"))
         lr = lr_at(step, run.steps, run.optim)
-        set_lr(optimizer, lr)
+        for opt in (optimizer, *task.optimizers):
+            set_lr(opt, lr)
         wrapped.train()
         loss, step_metrics, items = task.losses(step, dist)
         optimizer.zero_grad(set_to_none=True)

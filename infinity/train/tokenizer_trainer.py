@@ -8,13 +8,14 @@ Loss of a batch (weights are options; 0 turns a term off):
     commitment  features pulled towards their codes, summed over scales
     feature_commitment  MSE between the encoder's features f and their quantization F_K (stop-gradient on
                 F_K): keeps f within reach of the K unit-norm codes, so the straight-through gradient is honest
-    gan         hinge loss of a PatchGAN discriminator, from step `gan_start` on
+    gan         hinge loss of a PatchGAN discriminator, from step `gan_start` on; the discriminator's AdamW
+                follows the generator's learning rate (warm-up, then cosine)
     perceptual  LPIPS, only when the `lpips` package and its weights are installed (never faked)
 
 With `decoder_only`, the encoder (and so every bit it produces) is frozen and only the decoder learns: the
 fine-tuning that sharpens reconstructions while a transformer trains on the same, unchanging bits.
 
-With `sample_from` (a model folder whose transformer was trained on this encoder's bits) and `decoder_only`, a
+With a `sampler` (a model folder whose transformer was trained on this encoder's bits) and `decoder_only`, a
 share of every batch is decoded not from the encoder's bits of the image but from the bits that transformer
 samples for the image's caption (the folder's default cfg and tau), the bits of the first `sample_given_scales`
 scales taken from the image so that the sample and the image show the same scene (on the shapes data the
@@ -45,6 +46,7 @@ from ..tokenizer.model import latent_scales, patchify_bits
 from .data import Batch, ShapesSource, make_source
 from .discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from .engine import Distributed, OptimConfig, adamw, config_dict, load_init_weights, save_grid, step_generator, step_seed
+from .shared import TextCache, background_mask
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +67,6 @@ class TokenizerLoss:
         if min(self.recon, self.object_weight, self.color, self.entropy, self.commitment, self.feature_commitment,
                self.gan, self.perceptual) < 0:
             raise ValueError(f"loss weights must be >= 0: {self}")
-
-
-def background_mask(img_B3HW: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """(B, 1, H, W) True where a pixel differs from the image's background (median colour of its border)."""
-    border = torch.cat([img_B3HW[..., 0, :], img_B3HW[..., -1, :], img_B3HW[..., :, 0], img_B3HW[..., :, -1]], dim=-1)
-    bg_B3 = border.median(dim=-1).values
-    return (img_B3HW - bg_B3[..., None, None]).abs().amax(dim=1, keepdim=True) > threshold
 
 
 def random_crops(
@@ -103,10 +98,28 @@ def _perceptual_loss():
 
 
 class CaptionSampler:
-    """A trained transformer (with its text encoder and default cfg / tau) that samples F_K for captions."""
+    """A trained transformer (with its text encoder and default cfg / tau) that samples F_K for captions.
 
-    def __init__(self, pipe, text_cache):
-        self.pipe, self.text_cache = pipe, text_cache  # captions repeat across steps: encode each once
+    `pipe` is a loaded model folder (an InfinityPipeline, built by the caller: trainers do not import the
+    pipeline); `folder` names it in the run's identity.
+    """
+
+    def __init__(self, pipe, folder: str):
+        self.pipe, self.folder = pipe, folder
+        self.text_cache = TextCache(pipe.text_encoder)  # captions repeat across steps: encode each once
+
+    def check(self, tokenizer: BitwiseTokenizer, schedules: dict[str, Schedule]) -> None:
+        """Refuse a transformer that samples another encoder's bits, or lacks one of the schedules."""
+        pipe = self.pipe
+        if pipe.tokenizer.config != tokenizer.config or any(
+            not torch.equal(a, b) for a, b in zip(pipe.tokenizer.encoder.state_dict().values(),
+                                                  tokenizer.encoder.state_dict().values())
+        ):
+            raise ValueError(f"{self.folder}: its transformer was trained on another encoder's bits than --init-from's")
+        for name, schedule in schedules.items():
+            if name not in pipe.schedules or pipe.schedules[name].scales != schedule.scales:
+                raise ValueError(f"{self.folder}: no schedule {name} {list(schedule.scales)} "
+                                 f"(it has {sorted(pipe.schedules)})")
 
     def to(self, device: torch.device) -> None:
         self.pipe.transformer.to(device)
@@ -129,23 +142,6 @@ class CaptionSampler:
         return event.F_BdHW
 
 
-def _load_sampler(folder: str, tokenizer: BitwiseTokenizer, schedules: dict[str, Schedule]) -> CaptionSampler:
-    """The model folder's pipeline, checked to sample the bits of `tokenizer`'s encoder on `schedules`."""
-    from ..pipeline import InfinityPipeline
-    from .transformer_trainer import TextCache  # imported here: the transformer trainer imports this module
-
-    pipe = InfinityPipeline.from_pretrained(folder, device="cpu", dtype=torch.float32, local_files_only=True)
-    if pipe.tokenizer.config != tokenizer.config or any(
-        not torch.equal(a, b) for a, b in zip(pipe.tokenizer.encoder.state_dict().values(),
-                                              tokenizer.encoder.state_dict().values())
-    ):
-        raise ValueError(f"{folder}: its transformer was trained on another encoder's bits than --init-from's")
-    for name, schedule in schedules.items():
-        if name not in pipe.schedules or pipe.schedules[name].scales != schedule.scales:
-            raise ValueError(f"{folder}: no schedule {name} {list(schedule.scales)} (it has {sorted(pipe.schedules)})")
-    return CaptionSampler(pipe, TextCache(pipe.text_encoder))
-
-
 class TokenizerTask:
     def __init__(
         self,
@@ -159,7 +155,7 @@ class TokenizerTask:
         init_from: str | None = None,
         crop_size: int = 0,
         decoder_only: bool = False,
-        sample_from: str | None = None,
+        sampler: CaptionSampler | None = None,
         sample_share: float = 0.5,
         sample_given_scales: int = 2,
     ):
@@ -168,19 +164,19 @@ class TokenizerTask:
                              f"and fit every image of the schedules")
         if decoder_only and not init_from:
             raise ValueError("decoder-only fine-tuning needs the trained tokenizer to start from (--init-from)")
-        if sample_from and not decoder_only:
+        if sampler and not decoder_only:
             raise ValueError("training the decoder on a transformer's samples needs --decoder-only: the transformer "
                              "was trained on the bits of this encoder, which must not change")
-        if sample_from and not 0 < sample_share < 1:
+        if sampler and not 0 < sample_share < 1:
             raise ValueError(f"the share of the batch decoded from samples must be in (0, 1), got {sample_share}: "
                              "the rest keeps reconstructing the encoder's bits")
-        if sample_from and not 0 <= sample_given_scales < min(s.num_scales for s in schedules.values()):
+        if sampler and not 0 <= sample_given_scales < min(s.num_scales for s in schedules.values()):
             raise ValueError(f"the scales given from the image must leave at least one to sample, got {sample_given_scales}")
-        if sample_from and crop_size:
+        if sampler and crop_size:
             raise ValueError("the transformer samples whole images: --sample-from does not go with --crop-size")
         self.crop_size, self.decoder_only = crop_size, decoder_only
-        self.sample_from, self.sample_share = sample_from, sample_share if sample_from else 0.0
-        self.sample_given_scales = sample_given_scales if sample_from else 0
+        self.sampler, self.sample_share = sampler, sample_share if sampler else 0.0
+        self.sample_given_scales = sample_given_scales if sampler else 0
         self.config, self.schedules, self.loss_cfg = config, schedules, loss
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.model = BitwiseTokenizer(config)
@@ -189,17 +185,20 @@ class TokenizerTask:
             self.model.load_state_dict(init.state_dict())
         if decoder_only:
             self.model.encoder.requires_grad_(False)
-        self.sampler = _load_sampler(sample_from, self.model, schedules) if sample_from else None
+        if sampler is not None:
+            sampler.check(self.model, schedules)
         self.source = make_source(data, schedules, seed)
         self.discriminator = PatchDiscriminator() if loss.gan > 0 else None
         self.disc_optimizer = adamw(self.discriminator, optim) if self.discriminator is not None else None
+        self.optimizers = (self.disc_optimizer,) if self.disc_optimizer is not None else ()  # the loop sets their lr
         self.perceptual = _perceptual_loss() if loss.perceptual > 0 else None
 
     def identity(self) -> dict:
         return {
             "kind": "tokenizer", "config": self.config.to_dict(), "loss": config_dict(self.loss_cfg),
             "data": self.data, "batch_size": self.batch_size, "seed": self.seed, "crop_size": self.crop_size,
-            "decoder_only": self.decoder_only, "sample_from": self.sample_from, "sample_share": self.sample_share,
+            "decoder_only": self.decoder_only, "sample_from": self.sampler.folder if self.sampler else None,
+            "sample_share": self.sample_share,
             "sample_given_scales": self.sample_given_scales,
             "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
         }

@@ -38,14 +38,14 @@ import torch.nn.functional as F
 from ..checkpoints import load_official_transformer, save_model
 from ..sampling import sample_scales
 from ..schedules import Schedule
-from ..text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
+from ..text import TextEncoder
 from ..tokenizer import BitwiseTokenizer, SelfCorrection
 from ..tokenizer.model import latent_scales, patchify_bits, spatial_patch
 from ..transformer import Infinity, TransformerConfig
 from .data import ShapesSource, make_source
 from .engine import Distributed, config_dict, load_init_weights, save_grid, step_generator
 from .grow import deepen
-from .tokenizer_trainer import background_mask
+from .shared import TextCache, background_mask, load_text_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -159,35 +159,14 @@ def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=2)
-def load_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:
-    """The frozen text encoder, loaded once per process (runs trained one after another share it)."""
-    if name == "minilm":
-        return MiniLMTextEncoder.from_pretrained(None, device=device, max_length=max_length)
-    return T5TextEncoder.from_pretrained(name, device=device)
-
-
-class TextCache:
-    """Text features per caption, computed once (captions repeat across steps)."""
-
-    def __init__(self, encoder: TextEncoder, max_entries: int = 100_000):
-        self.encoder, self.max_entries = encoder, max_entries
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = sorted({c for c in captions if c not in self._cache})
-        if missing:
-            feats_BTE, lens_B = self.encoder.encode(missing)
-            if len(self._cache) + len(missing) > self.max_entries:
-                self._cache.clear()
-            for c, f, n in zip(missing, feats_BTE.cpu(), lens_B.tolist()):
-                self._cache[c] = f[:n].clone()
-        rows = [self._cache[c] for c in captions]
-        lens_B = torch.tensor([r.shape[0] for r in rows])
-        text_BTE = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        return text_BTE.to(device), lens_B.to(device)
+def shared_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:
+    """The frozen text encoder, loaded once per process: runs trained one after another share it."""
+    return load_text_encoder(name, device, max_length)
 
 
 class TransformerTask:
+    optimizers = ()  # only the model's: no optimizer of its own
+
     def __init__(
         self,
         config: TransformerConfig,
@@ -229,7 +208,7 @@ class TransformerTask:
     def setup(self, dist: Distributed, wrapped: torch.nn.Module) -> None:
         self.wrapped, self.device = wrapped, dist.device
         self.tokenizer.to(dist.device)
-        self.text = TextCache(load_text_encoder(self.text_encoder_name, dist.device, self.config.text_maxlen))
+        self.text = TextCache(shared_text_encoder(self.text_encoder_name, dist.device, self.config.text_maxlen))
 
     def losses(self, step: int, dist: Distributed) -> tuple[torch.Tensor, dict[str, float], int]:
         G, rows = self.batch_size, dist.shard(self.batch_size)
