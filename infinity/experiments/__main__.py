@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strengths", type=float, nargs="+", default=list(DEFAULTS.self_correction_strengths),
                    help="self-correction flip strengths compared (default: 0 0.3 0.6)")
     c.add_argument("--eval-count", type=int, nargs=3, default=list(DEFAULTS.eval_count),
-                   metavar=("ONE", "TWO", "THREE"), help="held-out scenes per object count (default: 8 8 8)")
+                   metavar=("ONE", "TWO", "THREE"), help="held-out scenes per object count (default: 31 50 50)")
     c.add_argument("--recovery-scales", type=int, nargs="+", default=list(DEFAULTS.recovery_scales),
                    help="scales k whose bits are flipped (default: 2 3)")
     c.add_argument("--recovery-fractions", type=float, nargs="+", default=list(DEFAULTS.recovery_fractions),
