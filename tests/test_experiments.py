@@ -59,6 +59,8 @@ def test_the_claims_driver_runs_every_arm_and_seed_and_resumes(tmp_path, tokeniz
     assert main(argv) == 0
     assert index_model.stat().st_mtime_ns == stamp
     again = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert main([*argv, "--only", "bits"]) == 0  # one claim again: the others' scored arms stay in the results
+    assert len(json.loads((tmp_path / "docs" / "results.json").read_text())) == len(records)
     for r in again + records:  # timings aside
         r["metrics"].pop("eval_seconds", None)
         r["seconds"] = r["seconds"] if r["seed"] is not None else None

@@ -112,3 +112,10 @@ def test_an_index_head_model_exports_and_is_evaluated(tmp_path, tokenizer_file, 
     assert train_cli(["export", "--recipe", "shapes-tiny", "--tokenizer", str(tokenizer_file),
                       "--transformer", str(other), "--out", str(tmp_path / "bad")]) == 2
     assert "transformer.width: 96" in capsys.readouterr().err
+
+
+def test_an_empty_model_keeps_its_head_on_the_meta_device():
+    from infinity.checkpoints import empty_model
+
+    model = empty_model(Infinity, TINY.transformer)
+    assert {p.device.type for p in model.parameters()} == {"meta"}

@@ -66,7 +66,7 @@ class Infinity(nn.Module):
         #    one softmax over 2^d indices. Built without drawing random numbers (`init_weights` fills it last), so
         #    the same seed gives the same trunk whatever the head: a bits-vs-index comparison starts paired.
         self.head_norm = AdaLNBeforeHead(C)
-        self.head = nn.utils.skip_init(nn.Linear, C, config.vocab)
+        self.head = nn.utils.skip_init(nn.Linear, C, config.vocab, device=torch.get_default_device())
 
         self.init_weights()
 
