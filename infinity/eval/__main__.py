@@ -57,7 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="the first N photos in path order (default: all)")
     t.add_argument("--out", default=None, metavar="FILE", help="also write the results as JSON to this file")
+    r = sub.add_parser("recovery", help="self-correction: true bits of scales 1..k, a fraction p of scale k flipped, "
+                                        "the rest sampled; PSNR and parser against the clean reconstruction")
+    r.add_argument("--weights", default=None, help="a pipeline folder; default: the embedded model")
+    r.add_argument("--scales", type=int, nargs="+", default=(2, 3, 4), metavar="K", help="(default: 2 3 4)")
+    r.add_argument("--fractions", type=float, nargs="+", default=(0.0, 0.1, 0.3), metavar="P",
+                   help="(default: 0 0.1 0.3)")
+    r.add_argument("--count", type=int, nargs=3, default=(8, 8, 8), metavar=("ONE", "TWO", "THREE"),
+                   help="held-out scenes with 1, 2 and 3 objects (default: 8 8 8)")
+    r.add_argument("--cfg", type=float, default=1.0, help="guidance weight (default: %(default)s: none)")
+    r.add_argument("--tau", type=float, default=1.0, help="temperature (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    r.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    r.add_argument("--json", default=None, help="also write the points to this file")
     return parser
+
+
+def recovery(args: argparse.Namespace) -> int:
+    from ..pipeline import InfinityPipeline
+    from .recovery import recovery_curve, recovery_table
+
+    scenes = evaluation_scenes({n + 1: c for n, c in enumerate(args.count) if c > 0}, args.seed)
+    pipe = InfinityPipeline.from_pretrained(args.weights, device=args.device)
+    points = recovery_curve(pipe, scenes, args.scales, args.fractions, cfg=args.cfg, tau=args.tau, seed=args.seed)
+    print(recovery_table(points, f"recovery of {args.weights or 'the embedded model'} on {len(scenes)} held-out "
+                                 f"scenes (cfg {args.cfg:g}, tau {args.tau:g})"))
+    if args.json:
+        Path(args.json).write_text(json.dumps([pt.to_dict() for pt in points], indent=1) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 write_results(results, args.out)
             return 0
+        if args.command == "recovery":
+            return recovery(args)
         scenes = evaluation_scenes({n + 1: c for n, c in enumerate(args.count) if c > 0}, args.seed, args.split)
         if args.teacher_forced and args.tokenizer:
             raise ValueError("--teacher-forced scores a pipeline's transformer: give --weights, not --tokenizer")

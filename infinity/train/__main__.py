@@ -6,7 +6,6 @@ Runs as one process (CPU or one GPU) or under torchrun (gloo on CPU, NCCL on GPU
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 
@@ -14,6 +13,7 @@ import torch
 
 from ..checkpoints import CheckpointError, load_model
 from ..tokenizer import BitwiseTokenizer
+from ..transformer import Infinity
 from .engine import Distributed, OptimConfig
 from .loop import RunConfig, train
 from .recipes import RECIPES
@@ -66,10 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("tokenizer", help="train the multi-scale bitwise tokenizer (VAE + BSQ/LFQ)")
     _common(tok, lr=1e-3)
+    tok.add_argument("--bits", type=int, default=0,
+                     help="bits per latent cell d (0: the recipe's); a transformer trained on it takes its d")
     t = tok.add_argument_group("tokenizer losses")
-    t.add_argument("--bits", type=int, default=0, help="bits per token d (0: the recipe's; default: %(default)s)")
-    t.add_argument("--base-channels", type=int, default=0,
-                   help="width of the first encoder / last decoder stage (0: the recipe's; default: %(default)s)")
     t.add_argument("--init-trunk-from", default=None, metavar="TOKENIZER",
                    help="start from this tokenizer's weights (any bit depth) except the two layers whose shapes "
                         "depend on d, which start fresh: tokenizers of several d from one trunk")
@@ -179,10 +178,8 @@ def _task(args: argparse.Namespace, run: RunConfig):
             feature_commitment=args.feature_commitment_weight, gan=args.gan_weight,
             gan_start=args.gan_start, perceptual=args.perceptual_weight,
         )
-        config = dataclasses.replace(recipe.tokenizer, bits=args.bits or recipe.tokenizer.bits,
-                                     base_channels=args.base_channels or recipe.tokenizer.base_channels)
-        return TokenizerTask(config, recipe.schedules, loss, args.data, args.batch_size, args.seed,
-                             run.optim, init_from=args.init_from, crop_size=args.crop_size,
+        return TokenizerTask(recipe.tokenizer_config(args.bits), recipe.schedules, loss, args.data, args.batch_size,
+                             args.seed, run.optim, init_from=args.init_from, crop_size=args.crop_size,
                              decoder_only=args.decoder_only,
                              sampler=_caption_sampler(args.sample_from) if args.sample_from else None,
                              sample_share=args.sample_share, sample_given_scales=args.sample_given_scales,
@@ -196,7 +193,7 @@ def _task(args: argparse.Namespace, run: RunConfig):
         object_weight=args.object_weight, on_policy_share=args.on_policy_share, on_policy_cfg=args.on_policy_cfg,
         on_policy_tau=args.on_policy_tau, on_policy_given=args.on_policy_given,
     )
-    config = dataclasses.replace(recipe.transformer, head=args.head, depth=args.depth or recipe.transformer.depth)
+    config = recipe.transformer_config(tokenizer.config, args.head, args.depth)
     return TransformerTask(config, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
                            args.data, args.batch_size, args.seed, init_from=args.init_from, sample_cfg=args.sample_cfg,
                            object_count_weights=tuple(args.object_count_weights) if args.object_count_weights else None)
@@ -209,9 +206,9 @@ def export(args: argparse.Namespace) -> None:
 
     recipe = RECIPES[args.recipe]
     tokenizer, transformer = load_model(args.tokenizer), load_model(args.transformer)
-    depth = getattr(transformer.config, "depth", recipe.transformer.depth)  # any depth (--depth)
-    if (tokenizer.config, transformer.config) != (recipe.tokenizer, dataclasses.replace(recipe.transformer, depth=depth)):
-        raise ValueError(f"the weights are not those of the recipe {args.recipe} (a transformer of any depth)")
+    if not isinstance(tokenizer, BitwiseTokenizer) or not isinstance(transformer, Infinity):
+        raise ValueError(f"need a tokenizer and a transformer, got {args.tokenizer} and {args.transformer}")
+    recipe.check(args.recipe, tokenizer.config, transformer.config)
     defaults = SamplingDefaults(cfg=args.cfg, tau=args.tau, cfg_schedule=args.cfg_schedule, tau_schedule=args.tau_schedule)
     text = load_text_encoder(recipe.text_encoder, torch.device("cpu"), recipe.transformer.text_maxlen)
     pipe = InfinityPipeline(tokenizer, transformer, text, recipe.schedules, defaults,

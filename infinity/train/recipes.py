@@ -8,10 +8,12 @@ The shapes schedules put 128 px on the short side at downsampling 8 (a 16-cell s
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..schedules import Schedule, get_schedule
 from ..tokenizer import TOKENIZER_PRESETS, TokenizerConfig
+from ..tokenizer.model import spatial_patch
 from ..transformer import TRANSFORMER_PRESETS, TransformerConfig
 
 SHAPES_PATCH = 8
@@ -38,10 +40,37 @@ def official_schedules(budget: str = "0.06M") -> dict[str, Schedule]:
 
 @dataclass(frozen=True)
 class Recipe:
+    """The configs a run starts from. The bit depth d is a choice within a recipe: the tokenizer trainer takes it
+    (`--bits`), and the transformer takes its d from the tokenizer it is trained on (`transformer_config`)."""
+
     tokenizer: TokenizerConfig
     transformer: TransformerConfig
     schedules: dict[str, Schedule]
     text_encoder: str  # "minilm" or a Flan-T5 name on the Hugging Face hub
+
+    def tokenizer_config(self, bits: int = 0) -> TokenizerConfig:
+        """The recipe's tokenizer with `bits` per latent cell (0: the recipe's own)."""
+        return dataclasses.replace(self.tokenizer, bits=bits or self.tokenizer.bits)
+
+    def transformer_config(self, tokenizer: TokenizerConfig, head: str = "bits", depth: int = 0) -> TransformerConfig:
+        """The recipe's transformer for this tokenizer: d = the tokenizer's bits times the recipe's spatial patch
+        squared; `head` and `depth` (0: the recipe's) are what a run may choose besides."""
+        s = spatial_patch(self.transformer.bits, self.tokenizer.bits)
+        return dataclasses.replace(self.transformer, bits=s * s * tokenizer.bits, head=head,
+                                   depth=depth or self.transformer.depth)
+
+    def check(self, name: str, tokenizer: TokenizerConfig, transformer: TransformerConfig) -> None:
+        """ValueError unless the two configs are this recipe's, up to what a run chooses (the bit depth, the
+        transformer's head and depth), naming the fields that differ."""
+        want_tok = self.tokenizer_config(tokenizer.bits)
+        want_tr = self.transformer_config(tokenizer, transformer.head, transformer.depth)
+        diffs = [f"tokenizer.{f.name}: {getattr(tokenizer, f.name)!r} (recipe: {getattr(want_tok, f.name)!r})"
+                 for f in dataclasses.fields(want_tok) if getattr(tokenizer, f.name) != getattr(want_tok, f.name)]
+        diffs += [f"transformer.{f.name}: {getattr(transformer, f.name)!r} (recipe: {getattr(want_tr, f.name)!r})"
+                  for f in dataclasses.fields(want_tr) if getattr(transformer, f.name) != getattr(want_tr, f.name)]
+        if diffs:
+            raise ValueError(f"the weights are not those of the recipe {name} (any bit depth, head and depth): "
+                             + "; ".join(diffs))
 
 
 def _shapes_tokenizer() -> TokenizerConfig:
@@ -57,6 +86,19 @@ RECIPES: dict[str, Recipe] = {
             drop_path_rate=0.0,
         ),
         schedules=shapes_schedules(),
+        text_encoder="minilm",
+    ),
+    # The paper's claims in miniature (python -m infinity.experiments claims): the embedded model's tokenizer
+    # architecture (any d), 64x64 px square images only (an 8x8 latent, five scales, 121 tokens against the
+    # embedded model's 7 scales and 3 aspect ratios up to 384 tokens) and a transformer of ~1.7 M parameters
+    # (4 blocks of width 144), so that one arm trains in well under half an hour on two CPU cores.
+    "shapes-claims": Recipe(
+        tokenizer=_shapes_tokenizer(),
+        transformer=TransformerConfig(
+            depth=4, width=144, num_heads=3, bits=16, text_channels=384, text_maxlen=32, max_scales=5,
+            drop_path_rate=0.0,
+        ),
+        schedules={"1:1": _schedule([(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)])},
         text_encoder="minilm",
     ),
     # For tests: a few thousand parameters, 32 px images.

@@ -12,10 +12,21 @@ Infinite-Vocabulary Classifier; or, with an index-wise head, of the 2^d-way inde
 1 + w * the share of its cell that objects cover (pixels unlike the image's border): the few tokens that draw
 objects count more than the many that repeat the background.
 
+Both heads' losses are in nats per bit: -log p(a token's d bits) / d. The bitwise head's mean over its d bits is
+exactly that (its bits are independent given the context); the index head's cross-entropy over 2^d classes is
+divided by d. At initialisation both are ln 2 = 0.69, their gradients are of one size, and `--grad-clip` clips
+them alike (per token, the index head's raw cross-entropy would be d times larger, and always clipped).
+
+Randomness, so that two arms differ only in what is compared: the model is built from the run's seed alone (its
+head drawn last: the same trunk whatever the head); the data, the self-correction flips and the condition dropout
+each draw from their own generator of (seed, step), so turning self-correction on changes neither the images nor
+which prompts are dropped.
+
 Legend: B batch (this process), G global batch, L tokens of all scales, d bits, V logits per token, T text tokens.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +38,7 @@ import torch.nn.functional as F
 from ..checkpoints import load_official_transformer, save_model
 from ..sampling import sample_scales
 from ..schedules import Schedule
+from ..text import TextEncoder
 from ..tokenizer import BitwiseTokenizer, SelfCorrection
 from ..tokenizer.model import latent_scales, patchify_bits, spatial_patch
 from ..transformer import Infinity, TransformerConfig
@@ -129,12 +141,13 @@ def bits_to_index(bits_BLd: torch.Tensor) -> torch.Tensor:
 
 
 def index_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
-    """The index-wise head's loss: weighted mean over tokens of -log p(index of the target bits)."""
+    """The index-wise head's loss on the bitwise loss's scale (nats per bit): weighted mean over tokens of
+    -log p(index of the target bits) / d."""
     B, L, V = logits_BLV.shape
     nll_BL = torch.nn.functional.cross_entropy(
         logits_BLV.float().reshape(B * L, V), bits_to_index(targets_BLd).reshape(B * L), reduction="none"
     ).view(B, L)
-    return (nll_BL * weights_L.to(nll_BL.device)).mean()
+    return (nll_BL * weights_L.to(nll_BL.device)).mean() / targets_BLd.shape[-1]
 
 
 def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
@@ -143,6 +156,12 @@ def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
         return logits_BLV.view(*logits_BLV.shape[:2], d, 2).argmax(-1)
     index_BL = logits_BLV.argmax(-1)
     return (index_BL[..., None] >> torch.arange(d, device=index_BL.device)) & 1
+
+
+@functools.lru_cache(maxsize=2)
+def shared_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:
+    """The frozen text encoder, loaded once per process: runs trained one after another share it."""
+    return load_text_encoder(name, device, max_length)
 
 
 class TransformerTask:
@@ -167,7 +186,9 @@ class TransformerTask:
         self.config, self.tokenizer, self.tokenizer_path = config, tokenizer.eval().requires_grad_(False), tokenizer_path
         self.text_encoder_name, self.schedules, self.loss_cfg = text_encoder, schedules, loss
         self.data, self.batch_size, self.seed, self.sample_cfg = data, batch_size, seed, sample_cfg
-        self.model = Infinity(config)
+        with torch.random.fork_rng(devices=[]):  # the weights depend on the seed alone, not on what ran before
+            torch.manual_seed(seed)
+            self.model = Infinity(config)
         if init_from:
             init = load_init_weights(init_from, Infinity, config, load_official_transformer, grow=deepen)
             self.model.load_state_dict(init.state_dict())
@@ -187,16 +208,16 @@ class TransformerTask:
     def setup(self, dist: Distributed, wrapped: torch.nn.Module) -> None:
         self.wrapped, self.device = wrapped, dist.device
         self.tokenizer.to(dist.device)
-        self.text = TextCache(load_text_encoder(self.text_encoder_name, dist.device, self.config.text_maxlen))
+        self.text = TextCache(shared_text_encoder(self.text_encoder_name, dist.device, self.config.text_maxlen))
 
     def losses(self, step: int, dist: Distributed) -> tuple[torch.Tensor, dict[str, float], int]:
         G, rows = self.batch_size, dist.shard(self.batch_size)
         batch = self.source.batch(step, G, rows)
         schedule = self.schedules[batch.aspect_ratio]
-        g = step_generator(self.seed, step, "transformer")
+        flip_g = step_generator(self.seed, step, "flips")
         with torch.no_grad():
             x = batch.images_B3HW.to(self.device)
-            flips = GlobalBatchFlips(self.self_correction, g, G, rows) if self.self_correction.num_scales else None
+            flips = GlobalBatchFlips(self.self_correction, flip_g, G, rows) if self.self_correction.num_scales else None
             scales = latent_scales(schedule.scales, self.patch)
             f_BdHW = self.tokenizer.encode(x)
             if self.loss_cfg.on_policy_share:
@@ -206,7 +227,8 @@ class TransformerTask:
             codes = self.tokenizer.quantize(f_BdHW, scales, flips=flips)
             x_BLd = self.tokenizer.teacher_forcing_inputs(codes, self.patch)
             targets_BLd = self.tokenizer.targets(codes, self.patch)
-            drop_B = (torch.rand(G, generator=g) < self.loss_cfg.cond_dropout)[rows].to(self.device)
+            drop_g = step_generator(self.seed, step, "cond-dropout")
+            drop_B = (torch.rand(G, generator=drop_g) < self.loss_cfg.cond_dropout)[rows].to(self.device)
             text_BTE, lens_B = self.text(batch.captions, self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits_BLV = self.wrapped(text_BTE, lens_B, x_BLd, schedule, drop_text_B=drop_B)

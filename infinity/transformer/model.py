@@ -63,19 +63,23 @@ class Infinity(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
 
         # 4. Head: the paper's Infinite-Vocabulary Classifier, d binary classifiers (2 logits per bit) instead of
-        #    one softmax over 2^d indices.
+        #    one softmax over 2^d indices. Built without drawing random numbers (`init_weights` fills it last), so
+        #    the same seed gives the same trunk whatever the head: a bits-vs-index comparison starts paired.
         self.head_norm = AdaLNBeforeHead(C)
-        self.head = nn.Linear(C, config.vocab)
+        self.head = nn.utils.skip_init(nn.Linear, C, config.vocab, device=torch.get_default_device())
 
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Initialisation for training from scratch (the official recipe: small heads, near-identity blocks)."""
+        """Initialisation for training from scratch (the official recipe: small heads, near-identity blocks).
+
+        The head (`self.head`) is drawn last, after every other tensor: its size (2d or 2^d logits) then changes
+        nothing else the same seed draws."""
         C, depth = self.config.width, self.config.depth
         small_std = math.sqrt(1 / C / 3)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and m is not self.head:
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -90,7 +94,6 @@ class Infinity(nn.Module):
         nn.init.trunc_normal_(self.pos_start, std=small_std)
         nn.init.trunc_normal_(self.lvl_embed.weight, std=small_std)
         self.head_norm.ada_lin[-1].weight.mul_(1e-3)
-        self.head.weight.mul_(0.02)
         for block in self.blocks:
             for proj in (block.sa.proj, block.ca.proj, block.ffn.fc2):
                 proj.weight.mul_(1 / math.sqrt(2 * depth))  # residual branches sum over 2*depth sublayers
@@ -100,6 +103,9 @@ class Infinity(nn.Module):
             nn.init.constant_(block.sa.scale_mul_1H11, math.log(4.0))
             for bias in (block.sa.q_bias, block.sa.v_bias, block.ca.v_bias):
                 nn.init.zeros_(bias)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        self.head.weight.mul_(0.02)
+        nn.init.zeros_(self.head.bias)
 
     # ---- text ----
 

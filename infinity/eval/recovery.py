@@ -1,0 +1,108 @@
+"""The direct measure of bitwise self-correction: how far a model recovers from wrong bits in its own history.
+
+For each held-out scene: the tokenizer's true bits of scales 1..k are given to the sampler, a fraction p of the
+bits of scale k is flipped (`Intervention`), and the model samples scales k+1..K. The final image is compared with
+the clean reconstruction (all K scales' true bits decoded): PSNR, and whether the scene parser still reads the
+scene. Two references come with every point, computed on the same scenes:
+- `reference_psnr_db`: no correction at all: the flipped scale k followed by the true bits of k+1..K (what a
+  model that reproduced the clean residuals exactly, ignoring the error, would draw); its distance from the clean
+  reconstruction is the damage the flips do;
+- the same model's point at p = 0 (when asked for): the distance that sampling alone puts between the result and
+  the clean reconstruction.
+A model trained with self-correction (paper Sec. 3.3, Algorithm 4) should lose less between p = 0 and p > 0.
+
+Sampling is the same for every model compared: tau, cfg, the generator's seed per batch and the flipped positions
+(`Intervention.seed`) are fixed by the caller, so two models see the same scenes, prefixes and flips.
+
+Legend: B scenes of a batch, K scales, d bits per token, s spatial patch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..data.scene_parser import parse_image, scene_matches
+from ..data.shapes import Scene, caption, render
+from ..images import psnr
+from ..sampling import Intervention, flip_fraction, sample_image
+from ..tokenizer.model import latent_scales, patchify_bits, unpatchify_bits
+from .shapes import to_tensor_np, to_uint8
+
+
+@dataclass(frozen=True)
+class RecoveryPoint:
+    """Means over the scenes for flipping fraction `p` of scale `k` (1-based) and sampling the rest."""
+
+    k: int
+    p: float
+    scenes: int
+    psnr_db: float  # the sampled result against the clean reconstruction
+    parser_pass: float  # share of the results the scene parser reads as their scene
+    reference_psnr_db: float  # no correction: the flipped scale k, then the true bits of k+1..K
+    reference_parser_pass: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(K: int, ks: Sequence[int], ps: Sequence[float]) -> None:
+    if not ks or any(not 1 <= k < K for k in ks):
+        raise ValueError(f"scales k must be in 1..{K - 1} (some scale must be left to sample), got {list(ks)}")
+    if not ps or any(not 0 <= p <= 1 for p in ps):
+        raise ValueError(f"fractions p must be in [0, 1], got {list(ps)}")
+
+
+@torch.no_grad()
+def recovery_curve(pipe, scenes: Sequence[Scene], ks: Sequence[int], ps: Sequence[float], *, aspect_ratio: str = "1:1",
+                   cfg: float = 1.0, tau: float = 1.0, seed: int = 0, batch_size: int = 16) -> list[RecoveryPoint]:
+    """One `RecoveryPoint` per (k, p), k-major; `pipe` is an InfinityPipeline (tokenizer, transformer, text encoder).
+
+    Batch i of the scenes samples with generator seed `seed + i` and flips the positions of seed `seed + i`, so
+    the same call on another model sees the same prefixes, flips and random stream.
+    """
+    schedule = pipe.schedule(aspect_ratio)
+    K, s = schedule.num_scales, pipe.spatial_patch
+    _check(K, ks, ps)
+    H, W = schedule.pixel_hw
+    sums = {(k, p): np.zeros(4) for k in ks for p in ps}
+    for i, start in enumerate(range(0, len(scenes), batch_size)):
+        chunk = scenes[start:start + batch_size]
+        x_B3HW = torch.cat([to_tensor_np(render(sc, H, W)) for sc in chunk]).to(pipe.device)
+        codes = pipe.tokenizer.encode_scales(x_B3HW, latent_scales(schedule.scales, s))
+        clean_B3HW = pipe.tokenizer.decode(codes.quantized)
+        true_bits = [patchify_bits(b, s) for b in codes.bits]  # per transformer token, as the sampler takes them
+        text_BTE, lens_B = pipe.text_encoder.encode([caption(sc) for sc in chunk])
+        text_BTE, lens_B = text_BTE.to(pipe.device, pipe.transformer.pos_start.dtype), lens_B.to(pipe.device)
+        for k in ks:
+            for p in ps:
+                event = sample_image(pipe.transformer, pipe.tokenizer, text_BTE, lens_B, schedule, cfg=cfg, tau=tau,
+                                     generator=torch.Generator(pipe.device).manual_seed(seed + i),
+                                     prefix_bits=true_bits[:k], intervention=Intervention(k - 1, p, seed + i))
+                flipped = list(true_bits)
+                flipped[k - 1] = flip_fraction(true_bits[k - 1], p, seed + i)  # the positions the sampler flipped
+                reference_B3HW = pipe.tokenizer.decode_bits([unpatchify_bits(b, s) for b in flipped])
+                sums[k, p] += _scores(event.image_B3HW, reference_B3HW, clean_B3HW, chunk)
+    n = len(scenes)
+    return [RecoveryPoint(k, p, n, *(sums[k, p] / n).round(4).tolist()) for k in ks for p in ps]
+
+
+def _scores(result_B3HW: torch.Tensor, reference_B3HW: torch.Tensor, clean_B3HW: torch.Tensor,
+            scenes: Sequence[Scene]) -> np.ndarray:
+    """Sums over the batch: [PSNR, parser passes] of the result, then of the reference."""
+    out = np.zeros(4)
+    for j, images_B3HW in enumerate((result_B3HW, reference_B3HW)):
+        out[2 * j] = float(psnr(images_B3HW, clean_B3HW).sum())
+        out[2 * j + 1] = sum(scene_matches(parse_image(img), sc) for img, sc in zip(to_uint8(images_B3HW), scenes))
+    return out
+
+
+def recovery_table(points: Sequence[RecoveryPoint], title: str) -> str:
+    header = f"{'k':>3} {'p':>6} {'scenes':>7} {'PSNR dB':>8} {'parser':>7} {'no-correction PSNR':>19} {'parser':>7}"
+    lines = [title, header]
+    for r in points:
+        lines.append(f"{r.k:>3} {r.p:>6.2f} {r.scenes:>7} {r.psnr_db:>8.2f} {r.parser_pass:>7.3f}"
+                     f" {r.reference_psnr_db:>19.2f} {r.reference_parser_pass:>7.3f}")
+    return "\n".join(lines)
