@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau", type=float, help="sampling temperature (> 0)")
     g.add_argument("--top-k", type=int, help="per-bit top-k (0 disables it)")
     g.add_argument("--top-p", type=float, help="per-bit top-p in [0, 1] (0 disables it)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image")
+    g.add_argument("--seed", type=int, default=0, help="random seed, an integer in [0, 2**53 - 1]; the same seed gives the same image")
     g.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
     g.add_argument("--save-scales", metavar="DIR", help="also write the decoded F_k of every scale as scale_KK.png")
     g.set_defaults(func=generate)

@@ -121,7 +121,7 @@ def test_generate_writes_the_image_and_every_scale(tmp_path, tiny_model_dir):
         (["--tau", "0"], "tau (temperature) must be > 0"),
         (["--top-p", "2"], "top_p must be in [0, 1]"),
         (["--aspect-ratio", "16:9"], "unknown aspect ratio '16:9'; this model has 1:1, 3:2, 2:3"),
-        (["--seed", "-1"], "seed must be an integer in [0, 2**63 - 1]"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**53 - 1]"),
         (["--out", "cube.txt"], "unknown image format '.txt'"),
         (["--device", "toaster"], "unknown device"),
         (["--model", "nowhere"], "nowhere: neither a model name (infinity-2b, infinity-8b) nor a model folder"),
