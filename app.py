@@ -70,11 +70,11 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                                         placeholder=pipe.examples[0] if pipe.examples else "a red cube on a table")
                     negative = gr.Textbox("", label="Negative prompt", placeholder="optional")
                     with gr.Row():
-                        aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio")
+                        aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio", elem_id="aspect")
                         cfg = gr.Slider(0, 20, value=d.cfg, step=0.5, label="CFG", info="1 = no guidance")
                     with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                        randomize = gr.Checkbox(True, label="Randomize seed")
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                        randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize")
                     with gr.Accordion("Advanced", open=False):
                         tau = gr.Slider(0.05, 2.0, value=d.tau, step=0.05, label="tau (temperature)")
                         top_k = gr.Number(d.top_k, precision=0, minimum=0, label="top-k per bit",
@@ -133,7 +133,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 with gr.Row():
                     with gr.Column():
                         gi_prompt = gr.Textbox(label="Prompt", value=pipe.examples[0] if pipe.examples else "")
-                        gi_aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio")
+                        gi_aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio", elem_id="aspect")
                         gi_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     with gr.Column():
                         gi_scale = gr.Slider(1, K, value=min(2, K), step=1, label="Flip bits at scale")
@@ -180,7 +180,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                     va_prompt = gr.Textbox("", label="Prompt", placeholder="empty: the last generated prompt")
                     with gr.Row():
                         va_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_SEED)
-                        va_randomize = gr.Checkbox(True, label="Randomize seed")
+                        va_randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize")
                     with gr.Row():
                         va_run = gr.Button("Make variations", variant="primary", elem_id="variations")
                         va_stop = gr.Button("Stop", variant="stop")

@@ -122,7 +122,7 @@ def write_tokenizer_files(folder: Path, bits: tuple[int, ...] = (8, 16)) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     for d in bits:
         torch.manual_seed(d)
-        config = TokenizerConfig(bits=d, base_channels=16, channel_multipliers=(1, 1, 1), num_res_blocks=1, patch_size=4)
+        config = TokenizerConfig(bits=d, base_channels=32, channel_multipliers=(1, 1, 1), num_res_blocks=1, patch_size=4)
         save_model(BitwiseTokenizer(config).eval(), folder / f"general-d{d}.safetensors")
     (folder / "notes.safetensors").write_bytes(b"not a safetensors file")
     return folder

@@ -49,8 +49,10 @@ class Codec:
         schedules do not have) the one nearest the image's (or the named ratio's) shape."""
         if value in self.schedules:
             return value
-        h_div_w = image.height / image.width if image is not None else _h_div_w(value)
+        return self.nearest(image.height / image.width if image is not None else _h_div_w(value))
 
+    def nearest(self, h_div_w: float) -> str:
+        """The aspect ratio whose size is nearest `h_div_w` (height / width), in log ratio."""
         def distance(name: str) -> float:
             H, W = self.schedules[name].pixel_hw
             return abs(math.log((H / W) / h_div_w))
