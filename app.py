@@ -57,6 +57,12 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
     on_device = dict(concurrency_id="device", concurrency_limit=concurrency, preprocess=False)
     upload = dict(type="filepath", sources=["upload", "clipboard"], image_mode=None)
 
+    def sheet(title: str, elem_id: str):
+        """A contact sheet (infinity/app/sheets.py): its title above it, no overlay on its labelled tiles."""
+        gr.Markdown(f"**{title}**")
+        return gr.Image(show_label=False, buttons=[], format="png", interactive=False, elem_id=elem_id,
+                        elem_classes=pixelated)
+
     with gr.Blocks(title="Infinity", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("## Infinity: bitwise visual autoregressive text-to-image ([arXiv 2412.04431]"
                     "(https://arxiv.org/abs/2412.04431))")
@@ -89,8 +95,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 with gr.Column(scale=3):
                     image = gr.Image(label="Image", format="png", interactive=False, height=400, elem_id="image",
                                      elem_classes=pixelated)
-            previews = gr.Image(label="Previews: the image after each scale, every scale in its place from the "
-                                "start", format="png", interactive=False, elem_id="previews", elem_classes=pixelated)
+            previews = sheet("Previews: the image after each scale, every scale in its place from the start",
+                             "previews")
 
         with gr.Tab("Inside each scale", id="inside"):
             gr.Markdown("For one scale of the last generated image: its residual R_k (each token's bits in three "
@@ -123,8 +129,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                         sc_seed = gr.Number(0, label="Seed of the flips", precision=0, minimum=0)
                         sc_run = gr.Button("Compare", variant="primary", elem_id="sc-tokenizer")
                 sc_text = gr.Markdown(elem_id="sc-text")
-                sc_sheet = gr.Image(label="F_k after each scale: clean, flipped, flipped and re-quantized", format="png",
-                                    interactive=False, elem_id="sc-sheet", elem_classes=pixelated)
+                sc_sheet = sheet("F_k after each scale: clean, flipped, flipped and re-quantized", "sc-sheet")
                 sc_plot = gr.LinePlot(y="|f - F_k| / |f|", label="Feature error per scale (0 = the encoder's features)",
                                       **per_scale)
             with gr.Tab("Generation level"):
@@ -162,8 +167,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                     tk_aspect = gr.Dropdown([AUTO, *ratios], value=AUTO, label="Aspect ratio")
                     tk_run = gr.Button("Tokenize", variant="primary", elem_id="tokenize")
                     tk_text = gr.Markdown(elem_id="tk-text")
-            tk_sheet = gr.Image(label="Reconstruction after each scale", format="png", interactive=False,
-                                elem_id="tk-sheet", elem_classes=pixelated)
+            tk_sheet = sheet("Reconstruction after each scale", "tk-sheet")
             tk_plot = gr.LinePlot(y="PSNR (dB)", label="PSNR per scale", **per_scale)
 
         with gr.Tab("Variations", id="variations"):
@@ -185,8 +189,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                         va_run = gr.Button("Make variations", variant="primary", elem_id="variations")
                         va_stop = gr.Button("Stop", variant="stop")
             va_status = gr.Markdown(elem_id="va-status")
-            va_sheet = gr.Image(label="Variations (the first tile: the kept scales alone)", format="png",
-                                interactive=False, elem_id="va-sheet", elem_classes=pixelated)
+            va_sheet = sheet("Variations (the first tile: the kept scales alone)", "va-sheet")
 
         # ---- events ----
         generating = gr.on(

@@ -119,16 +119,23 @@ def choose(page, dropdown: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def generate(page, prompt: str, seed: int | None = None) -> str:
-    """Run a generation from the Generate tab; returns the status text once it is done."""
+def generate(page, pipe, prompt: str, seed: int | None = None) -> str:
+    """Run a generation from the Generate tab; returns the status text once it is done. The pipeline is slowed a
+    little, so that the run is seen starting ("Scale k/K") before its "Done" is waited for."""
     page.locator("#prompt textarea").fill(prompt)
     if seed is not None:
         page.locator("#randomize input").set_checked(False)
         page.locator("#seed input").fill(str(seed))
-    page.locator("#generate").click()
-    page.get_by_text("Done: seed").wait_for()
+    status = page.locator("#status")
+    with SlowStream(pipe, delay=0.3):
+        page.locator("#generate").click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Scale ')")
+        page.wait_for_function("""() => {
+            const text = document.querySelector('#status').innerText;
+            return text.includes('Done: seed') && !text.includes('processing');
+        }""")
     page.locator("#image img").wait_for()
-    return page.locator("#status").inner_text()
+    return status.inner_text()
 
 
 def test_previews_stream_in_one_sheet_in_the_outputs_aspect_ratio(page, embedded):
@@ -182,20 +189,20 @@ def test_bad_input_is_a_message_and_the_page_goes_on(page):
     page.locator("#image img").wait_for()
 
 
-def test_unknown_words_are_named_and_seeds_change_the_image(page):
-    status = generate(page, "a purple giraffe in the center", seed=0)
+def test_unknown_words_are_named_and_seeds_change_the_image(page, embedded):
+    status = generate(page, embedded, "a purple giraffe in the center", seed=0)
     assert "'giraffe'" in status and "'purple'" not in status.split("vocabulary")[-1]
     images = []
     for seed in (0, 1, 2, 3):
-        status = generate(page, SEED_PROMPT, seed=seed)
-        assert f"seed **{seed}**".replace("**", "") in status and "vocabulary" not in status
+        status = generate(page, embedded, SEED_PROMPT, seed=seed)
+        assert f"Done: seed {seed} " in status and "vocabulary" not in status
         images.append(np.asarray(image_of(page, "#image")))
     assert mean_pixel_difference(images) > SEED_DIFFERENCE
     no_console_errors(page)
 
 
-def test_every_tab(page):
-    generate(page, "a large red circle at the top left on a black background")
+def test_every_tab(page, embedded):
+    generate(page, embedded, "a large red circle at the top left on a black background")
     screenshot(page, "generate", docs=True)
 
     page.get_by_role("tab", name="Inside each scale").click()

@@ -214,7 +214,7 @@ def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
 def test_bad_uploads_give_a_message(handlers, tmp_path, name):
     path = str(bad_image_files(tmp_path)[name])
     expected = "decompression bomb" if name == "decompression bomb" else "image"
-    for call in (lambda: handlers.tokenize({"path": path}, "auto"),
+    for call in (lambda: handlers.tokenize({"path": path}, "auto", MODEL_OWN),
                  lambda: handlers.self_correction_tokenizer({"path": path}, "auto", 1, 0.1, 0, MODEL_OWN),
                  lambda: handlers.variations("uploaded image", {"path": path}, "auto", 1, 1, "a cube", 0, False, None)):
         assert expected in message(call)

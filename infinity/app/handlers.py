@@ -115,7 +115,7 @@ def _grid(h: int, w: int) -> str:
     return f"{h}x{w}"
 
 
-def scale_labels(scales) -> list[str]:
+def grid_labels(scales) -> list[str]:
     """The label of every tile of a contact sheet of one schedule: "scale k: hxw"."""
     return [f"scale {k + 1}: {_grid(h, w)}" for k, (h, w) in enumerate(scales)]
 
@@ -169,7 +169,7 @@ class Handlers:
 
         start = time.perf_counter()
         schedule = self.pipe.schedule(aspect_ratio)
-        K, labels = schedule.num_scales, scale_labels(schedule.scales)
+        K, labels = schedule.num_scales, grid_labels(schedule.scales)
         notice = self.notice(prompt)
         notice = f"\n\n{notice}" if notice else ""
         previews, bits, entropy = [], [], []
@@ -232,7 +232,7 @@ class Handlers:
         result = explorer.tokenizer_self_correction(codec, img, aspect_ratio, flip_scales, fraction, inputs.seed(seed))
         sheet = contact_sheet(
             [r.images for r in result.series.values()],
-            [[f"{label} · {p:.1f} dB" for label, p in zip(scale_labels(schedule.scales), r.psnr_input)]
+            [[f"{label} · {p:.1f} dB" for label, p in zip(grid_labels(schedule.scales), r.psnr_input)]
              for r in result.series.values()],
             schedule.pixel_hw, titles=[name.replace(", ", ",\n") for name in result.series],
         )
@@ -245,7 +245,7 @@ class Handlers:
         text = (
             f"Tokenizer: {codec.label}. Flipped {sum(result.flipped):,} bits ({fraction:.0%}) in scales "
             f"1-{flip_scales} of {K}; the tiles are labelled with their PSNR against the input.\n\n"
-            "| after the last scale | PSNR vs input | PSNR vs clean encoding | feature error |f - F_K| / |f| |\n"
+            "| after the last scale | PSNR vs input | PSNR vs clean encoding | feature error ‖f - F_K‖ / ‖f‖ |\n"
             f"|---|---|---|---|\n{rows}\n\n{explorer.verdict(result).text}"
         )
         return sheet, table, text
@@ -292,7 +292,7 @@ class Handlers:
             bits = codec.tokenizer.bits
             rows.append([fitted, *rec.images])
             tile_labels.append(["input (resized, cropped)"] + [
-                f"{label} · {p:.1f} dB" for label, p in zip(scale_labels(schedule.scales), rec.psnr)])
+                f"{label} · {p:.1f} dB" for label, p in zip(grid_labels(schedule.scales), rec.psnr)])
             titles.append(f"{codec.label}\n{bits} bits per token")
             series[f"{codec.label}"] = rec.psnr
             H, W = schedule.pixel_hw
