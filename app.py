@@ -18,7 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-EXAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "examples" / "shapes.png"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+# A shapes scene (every tokenizer here reconstructs it well, so the explorers show their effect) and a drawing.
+EXAMPLE_IMAGES = [str(EXAMPLES_DIR / "scene.png"), str(EXAMPLES_DIR / "shapes.png")]
 # Small outputs (our tiny models make 32 px images) are drawn with square pixels rather than blurred.
 CSS = """
 #status { min-height: 2.5em; }
@@ -28,17 +30,23 @@ CSS = """
 LAUNCH_OPTIONS = dict(max_file_size="25mb", css=CSS)  # what main() passes to launch(); tests launch with it too
 
 
-def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency: int = 1):
+def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency: int = 1,
+               tokenizers_dir: str | os.PathLike | None = None):
     """The Gradio app for `pipe`, queued: at most `max_queue` waiting requests, `concurrency` model calls at once
-    (they share one concurrency group, the device). `model` is only named in the banner."""
+    (they share one concurrency group, the device). `model` is only named in the banner. `tokenizers_dir`: the
+    folder of general tokenizer files offered for uploads (default: $INFINITY_TOKENIZERS_DIR, else
+    assets/tokenizers)."""
     import gradio as gr
 
-    from infinity.app.handlers import AUTO, MAX_VARIATIONS, Handlers
-    from infinity.app.inputs import MAX_UI_SEED
+    from infinity.app.handlers import ALL_TOKENIZERS, AUTO, MAX_VARIATIONS, Handlers
     from infinity.app.runtime import banner, gpu
-    from infinity.app.views import scale_labels
+    from infinity.app.tokenizers import TokenizerShelf
+    from infinity.app.vocabulary import can_draw
+    from infinity.app.views import DIFFERENCE_FULL_SCALE, scale_labels
+    from infinity.options import MAX_SEED
 
-    h = Handlers(pipe)
+    shelf = TokenizerShelf(pipe, tokenizers_dir)
+    h = Handlers(pipe, shelf)
     ratios, d = pipe.aspect_ratios, pipe.defaults
     K = max(s.num_scales for s in pipe.schedules.values())
     small = max(max(s.pixel_hw) for s in pipe.schedules.values()) < 512
@@ -49,24 +57,30 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
     on_device = dict(concurrency_id="device", concurrency_limit=concurrency, preprocess=False)
     upload = dict(type="filepath", sources=["upload", "clipboard"], image_mode=None)
 
+    def sheet(title: str, elem_id: str):
+        """A contact sheet (infinity/app/sheets.py): its title above it, no overlay on its labelled tiles."""
+        gr.Markdown(f"**{title}**")
+        return gr.Image(show_label=False, buttons=[], format="png", interactive=False, elem_id=elem_id,
+                        elem_classes=pixelated)
+
     with gr.Blocks(title="Infinity", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("## Infinity: bitwise visual autoregressive text-to-image ([arXiv 2412.04431]"
                     "(https://arxiv.org/abs/2412.04431))")
-        gr.Markdown(banner(pipe, model), elem_id="banner")
+        gr.Markdown(banner(pipe, model) + (f"  \n{can_draw()}" if h.shapes_model else ""), elem_id="banner")
         last = gr.State(None, time_to_live=1800)  # this session's last Generation (freed after 30 min)
 
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red cube on a wooden table",
-                                        elem_id="prompt")
+                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                        placeholder=pipe.examples[0] if pipe.examples else "a red cube on a table")
                     negative = gr.Textbox("", label="Negative prompt", placeholder="optional")
                     with gr.Row():
-                        aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio")
+                        aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio", elem_id="aspect")
                         cfg = gr.Slider(0, 20, value=d.cfg, step=0.5, label="CFG", info="1 = no guidance")
                     with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_UI_SEED)
-                        randomize = gr.Checkbox(True, label="Randomize seed")
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                        randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize")
                     with gr.Accordion("Advanced", open=False):
                         tau = gr.Slider(0.05, 2.0, value=d.tau, step=0.05, label="tau (temperature)")
                         top_k = gr.Number(d.top_k, precision=0, minimum=0, label="top-k per bit",
@@ -75,15 +89,14 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                    status = gr.Markdown(label="status", elem_id="status")
+                    status = gr.Markdown(elem_id="status")  # no label: "status" is a key of Gradio's i18n
                     if pipe.examples:
                         gr.Examples([[p] for p in pipe.examples], inputs=[prompt], label="Examples")
                 with gr.Column(scale=3):
                     image = gr.Image(label="Image", format="png", interactive=False, height=400, elem_id="image",
                                      elem_classes=pixelated)
-                    previews = gr.Gallery(label="Previews: the image after each scale", columns=min(K, 7),
-                                          object_fit="contain", height="auto", elem_id="previews",
-                                          elem_classes="compact")
+            previews = sheet("Previews: the image after each scale, every scale in its place from the start",
+                             "previews")
 
         with gr.Tab("Inside each scale", id="inside"):
             gr.Markdown("For one scale of the last generated image: its residual R_k (each token's bits in three "
@@ -95,7 +108,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 bits_view = gr.Image(label="R_k: the bits of this scale", format="png", interactive=False)
                 added_view = gr.Image(label="What scale k added", format="png", interactive=False)
                 entropy_view = gr.Image(label="Bit entropy over the image", format="png", interactive=False)
-            inside_text = gr.Markdown(label="summary")
+            inside_text = gr.Markdown("Generate an image first (Generate tab): this tab then shows its scales, one "
+                                      "at a time.", elem_id="inside-text")
 
         with gr.Tab("Self-correction", id="self-correction"):
             with gr.Tab("Tokenizer level"):
@@ -103,26 +117,28 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                             "re-quantization the errors stay; with it (paper Algorithm 4) the later scales "
                             "quantize the residual of the corrupted sum and correct them.")
                 with gr.Row():
-                    sc_image = gr.Image(value=str(EXAMPLE_IMAGE), label="Image", **upload)
                     with gr.Column():
+                        sc_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)
+                        gr.Examples([[im] for im in EXAMPLE_IMAGES], inputs=[sc_image], label="Example images")
+                    with gr.Column():
+                        sc_tokenizer = gr.Dropdown(shelf.choices, value=shelf.default, label="Tokenizer",
+                                                   elem_id="sc-tokenizer-choice")
                         sc_aspect = gr.Dropdown([AUTO, *ratios], value=AUTO, label="Aspect ratio")
                         sc_scales = gr.Slider(1, K, value=min(2, K), step=1, label="Flip bits in scales 1..n")
                         sc_fraction = gr.Slider(0, 1, value=0.3, step=0.01, label="Fraction of bits flipped")
                         sc_seed = gr.Number(0, label="Seed of the flips", precision=0, minimum=0)
                         sc_run = gr.Button("Compare", variant="primary", elem_id="sc-tokenizer")
-                series = dict(columns=min(K, 7), fit_columns=False, height="auto", elem_classes="compact")  # a row each
-                sc_clean = gr.Gallery(label="Clean encoding: F_k", **series)
-                sc_plain = gr.Gallery(label="Flipped, not re-quantized", **series)
-                sc_requant = gr.Gallery(label="Flipped, re-quantized (Algorithm 4)", **series)
-                sc_plot = gr.LinePlot(y="PSNR (dB)", label="PSNR per scale", **per_scale)
-                sc_text = gr.Markdown(label="summary")
+                sc_text = gr.Markdown(elem_id="sc-text")
+                sc_sheet = sheet("F_k after each scale: clean, flipped, flipped and re-quantized", "sc-sheet")
+                sc_plot = gr.LinePlot(y="|f - F_k| / |f|", label="Feature error per scale (0 = the encoder's features)",
+                                      **per_scale)
             with gr.Tab("Generation level"):
                 gr.Markdown("Generate twice with the same prompt and seed; in the second run flip a fraction of "
                             "the sampled bits at one scale and watch how the later scales react.")
                 with gr.Row():
                     with gr.Column():
                         gi_prompt = gr.Textbox(label="Prompt", value=pipe.examples[0] if pipe.examples else "")
-                        gi_aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio")
+                        gi_aspect = gr.Dropdown(ratios, value=ratios[0], label="Aspect ratio", elem_id="aspect")
                         gi_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     with gr.Column():
                         gi_scale = gr.Slider(1, K, value=min(2, K), step=1, label="Flip bits at scale")
@@ -131,21 +147,27 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 with gr.Row():
                     gi_clean = gr.Image(label="Clean run", format="png", interactive=False)
                     gi_flipped = gr.Image(label="With flipped bits", format="png", interactive=False)
-                    gi_diff = gr.Image(label="Difference (bright = differs)", format="png", interactive=False)
+                    gi_diff = gr.Image(label=f"|difference|: black = equal, brightest = {DIFFERENCE_FULL_SCALE:.0f}/255 "
+                                             "or more", format="png", interactive=False)
                 gi_plot = gr.LinePlot(y="bits changed (%)", label="Bits that differ from the clean run, per scale",
                                       **per_scale)
-                gi_text = gr.Markdown(label="summary")
+                gi_text = gr.Markdown()
 
         with gr.Tab("Tokenizer", id="tokenizer"):
-            gr.Markdown("An image encoded into the model's scales and decoded after each one.")
+            gr.Markdown("An image encoded into a tokenizer's scales and decoded after each one: the model's own "
+                        "tokenizer or a general one (more bits per token reconstruct more; "
+                        f"'{ALL_TOKENIZERS}' runs every one on the same image).")
             with gr.Row():
-                tk_image = gr.Image(value=str(EXAMPLE_IMAGE), label="Image", **upload)
                 with gr.Column():
+                    tk_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)
+                    gr.Examples([[im] for im in EXAMPLE_IMAGES], inputs=[tk_image], label="Example images")
+                with gr.Column():
+                    tk_tokenizer = gr.Dropdown([*shelf.choices, ALL_TOKENIZERS], value=shelf.default,
+                                               label="Tokenizer", elem_id="tk-tokenizer-choice")
                     tk_aspect = gr.Dropdown([AUTO, *ratios], value=AUTO, label="Aspect ratio")
                     tk_run = gr.Button("Tokenize", variant="primary", elem_id="tokenize")
-                    tk_text = gr.Markdown(label="summary")
-            tk_gallery = gr.Gallery(label="Reconstruction after each scale", columns=min(K + 1, 7), height="auto",
-                                    elem_classes="compact")
+                    tk_text = gr.Markdown(elem_id="tk-text")
+            tk_sheet = sheet("Reconstruction after each scale", "tk-sheet")
             tk_plot = gr.LinePlot(y="PSNR (dB)", label="PSNR per scale", **per_scale)
 
         with gr.Tab("Variations", id="variations"):
@@ -159,16 +181,15 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 with gr.Column():
                     va_keep = gr.Slider(1, max(K - 1, 1), value=max(1, K // 2), step=1, label="Keep scales 1..k")
                     va_count = gr.Slider(1, MAX_VARIATIONS, value=4, step=1, label="Variations")
-                    va_prompt = gr.Textbox("", label="Prompt", placeholder="empty: the last result's prompt")
+                    va_prompt = gr.Textbox("", label="Prompt", placeholder="empty: the last generated prompt")
                     with gr.Row():
-                        va_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_UI_SEED)
-                        va_randomize = gr.Checkbox(True, label="Randomize seed")
+                        va_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_SEED)
+                        va_randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize")
                     with gr.Row():
                         va_run = gr.Button("Make variations", variant="primary", elem_id="variations")
                         va_stop = gr.Button("Stop", variant="stop")
-            va_status = gr.Markdown(label="status")
-            va_gallery = gr.Gallery(label="Variations (the first image: the kept scales alone)",
-                                    columns=min(MAX_VARIATIONS + 1, 5), height="auto", elem_classes="compact")
+            va_status = gr.Markdown(elem_id="va-status")
+            va_sheet = sheet("Variations (the first tile: the kept scales alone)", "va-sheet")
 
         # ---- events ----
         generating = gr.on(
@@ -186,19 +207,20 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
         )
         scale.release(h.inspect_scale, [scale, last], inside, api_name="inspect_scale", preprocess=False)
         sc_run.click(
-            gpu(h.self_correction_tokenizer), [sc_image, sc_aspect, sc_scales, sc_fraction, sc_seed],
-            [sc_clean, sc_plain, sc_requant, sc_plot, sc_text], api_name="self_correction_tokenizer", **on_device,
+            gpu(h.self_correction_tokenizer), [sc_image, sc_aspect, sc_scales, sc_fraction, sc_seed, sc_tokenizer],
+            [sc_sheet, sc_plot, sc_text], api_name="self_correction_tokenizer", **on_device,
         )
         gi_run.click(
             gpu(h.self_correction_generation), [gi_prompt, gi_aspect, gi_seed, gi_scale, gi_fraction],
             [gi_clean, gi_flipped, gi_diff, gi_plot, gi_text], api_name="self_correction_generation", **on_device,
         )
-        tk_run.click(gpu(h.tokenize), [tk_image, tk_aspect], [tk_gallery, tk_plot, tk_text], api_name="tokenize",
-                     **on_device)
-        varying = va_run.click(
+        tk_run.click(gpu(h.tokenize), [tk_image, tk_aspect, tk_tokenizer], [tk_sheet, tk_plot, tk_text],
+                     api_name="tokenize", **on_device)
+        # The status is cleared first, so an error of this run is never shown beside the last run's "Done".
+        varying = va_run.click(lambda: "", None, va_status, queue=False, api_visibility="private").then(
             gpu(h.variations, duration=120),
             [va_source, va_image, va_aspect, va_keep, va_count, va_prompt, va_seed, va_randomize, last],
-            [va_gallery, va_status], api_name="variations", show_progress="minimal", show_progress_on=[va_status],
+            [va_sheet, va_status], api_name="variations", show_progress="minimal", show_progress_on=[va_status],
             **on_device,
         )
         va_stop.click(None, cancels=[varying])

@@ -3,7 +3,9 @@
 generate: a text-to-image run of a pipeline (the embedded model, a released one, or a model folder), optionally
 writing the decoded F_k of every scale.
 tokenize: encode an image into K scales of bits, decode the cumulative features F_k after every scale,
-write each as a PNG and print the PSNR of each against the (resized) input.
+write each as a PNG and print the PSNR of each against the (resized) input. Our .safetensors tokenizers (the
+embedded model's by default) use the app's schedules, so the app and this command resize an image to the same
+size; official .pth tokenizers use the official templates of --budget.
 """
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from PIL import Image
 
+from .app.tokenizers import Codec, general_schedules
 from .checkpoints import CheckpointError, load_model, load_official_tokenizer
 from .images import fit, open_image, psnr, to_pil, to_tensor
 from .official import OFFICIAL_MODELS, OFFICIAL_REPO, WEIGHTS_DIR_ENV
@@ -29,20 +35,63 @@ from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer
 logger = logging.getLogger(__name__)
 
 
-def _download(filename: str) -> Path:
-    """An official weights file from the Hugging Face Hub (cached), or CheckpointError saying why not."""
-    from huggingface_hub import hf_hub_download
+EMBEDDED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "embedded" / "tokenizer.safetensors"
+HUB_TIMEOUT_S = 5.0  # how long to wait for the Hugging Face Hub to answer before saying it cannot be reached
 
-    try:
-        return Path(hf_hub_download(OFFICIAL_REPO, filename))
-    except Exception as e:  # offline, hub unreachable, file renamed: all end the same way for the user
-        raise CheckpointError(
-            f"could not download {filename} from the Hugging Face repo {OFFICIAL_REPO} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no details'}); download it yourself and pass --weights PATH"
-        ) from None
+
+def _reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout` seconds (name lookup included, which
+    a socket timeout does not bound: hence the thread)."""
+    import socket
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result)
+
+
+def _download(filename: str) -> Path:
+    """An official weights file from the Hugging Face cache or Hub, or CheckpointError saying why not, in one line
+    and within seconds when the Hub cannot be reached (no retries, no warnings)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    def failed(reason: str) -> CheckpointError:
+        return CheckpointError(f"could not download {filename} from the Hugging Face repo {OFFICIAL_REPO} ({reason}); "
+                               "download it yourself and pass --weights PATH")
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return Path(hf_hub_download(OFFICIAL_REPO, filename, local_files_only=True))  # already cached
+        except Exception:
+            pass
+        if constants.HF_HUB_OFFLINE:
+            raise failed("HF_HUB_OFFLINE is set and the file is not in the cache") from None
+        if not _reachable(constants.ENDPOINT):
+            raise failed(f"{urlparse(constants.ENDPOINT).hostname} cannot be reached: offline?") from None
+        try:
+            return Path(hf_hub_download(OFFICIAL_REPO, filename))
+        except Exception as e:  # hub error, file renamed: all end the same way for the user
+            raise failed(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}") from None
 
 
 def load_tokenizer(preset: str | None, weights: str | None) -> BitwiseTokenizer:
+    """Our .safetensors tokenizer, an official .pth with its --preset, the preset's file from the Hub, or (nothing
+    given) the embedded model's tokenizer."""
+    if weights is None and preset is None:
+        weights = str(EMBEDDED_TOKENIZER)
     if weights and weights.endswith(".safetensors"):
         model = load_model(weights)
         if not isinstance(model, BitwiseTokenizer):
@@ -75,8 +124,13 @@ def tokenize(args: argparse.Namespace) -> int:
     device = _device(args.device)
     img = open_image(args.image)
     h_div_w = img.height / img.width if args.aspect_ratio == "auto" else parse_aspect_ratio(args.aspect_ratio)
+    official = args.preset is not None and not (args.weights or "").endswith(".safetensors")
     tok = load_tokenizer(args.preset, args.weights).to(device)
-    schedule = _schedule(h_div_w, args.budget, tok.config.patch_size)
+    if official or args.budget:
+        schedule = _schedule(h_div_w, args.budget or "0.06M", tok.config.patch_size)
+    else:  # the app's schedules (see infinity/app/tokenizers.py): the same image gets the same size in both
+        codec = Codec(str(args.weights), tok, general_schedules(tok.config.patch_size))
+        schedule = codec.schedules[codec.nearest(h_div_w)]
     x = to_tensor(fit(img, schedule.pixel_hw)).to(device)
 
     codes = tok.encode_scales(x, schedule.scales)
@@ -146,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau", type=float, help="sampling temperature (> 0)")
     g.add_argument("--top-k", type=int, help="per-bit top-k (0 disables it)")
     g.add_argument("--top-p", type=float, help="per-bit top-p in [0, 1] (0 disables it)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image")
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed, an integer in [0, 2**53 - 1]; the same seed gives the same image")
     g.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
     g.add_argument("--save-scales", metavar="DIR", help="also write the decoded F_k of every scale as scale_KK.png")
     g.set_defaults(func=generate)
@@ -160,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(TOKENIZER_PRESETS), help="official tokenizer architecture")
     t.add_argument(
         "--weights",
-        help="official .pth file for --preset, or one of our .safetensors tokenizer files; "
-        f"default: download the preset's file from {OFFICIAL_REPO}",
+        help="official .pth file for --preset, or one of our .safetensors tokenizer files; default: with --preset "
+        f"download its file from {OFFICIAL_REPO}, without it the embedded model's tokenizer",
     )
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument(
@@ -169,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help=f"'auto' (the image's own, nearest template) or width:height, e.g. {', '.join(list(ASPECT_RATIOS)[:6])}",
     )
-    t.add_argument("--budget", default="0.06M", choices=list(BUDGETS), help="official pixel budget (scales used)")
+    t.add_argument("--budget", default=None, choices=list(BUDGETS),
+                   help="official pixel budget (scales used); default: 0.06M for official .pth tokenizers, the app's "
+                        "schedules (128 px on the short side at 8 px per cell) for ours")
     t.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     t.set_defaults(func=tokenize)
     return parser

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_PROMPT_CHARS = 2000  # longer prompts are refused; within it the text encoder truncates to its max_length tokens
-MAX_SEED = 2**63 - 1
+# One seed rule for the app, its API and the command line: an integer in [0, 2**53 - 1], the largest range a JSON
+# number (a JavaScript double) carries exactly, so a seed shown in the browser reproduces its image anywhere.
+MAX_SEED = 2**53 - 1
 
 
 def _number(name: str, value) -> float:
@@ -64,7 +66,7 @@ def check_inputs(prompt, negative_prompt="", cfg=None, tau=None, top_k=None, top
     if not isinstance(negative_prompt, str) or len(negative_prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
+        raise ValueError(f"seed must be an integer in [0, 2**53 - 1], got {seed!r}")
     if cfg is not None:
         _check_cfg("cfg", cfg)
     if tau is not None:

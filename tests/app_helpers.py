@@ -109,3 +109,20 @@ def bad_image_files(folder: Path) -> dict[str, Path]:
         "too large": png_declaring(folder / "large.png", 8000, 8000),
         "decompression bomb": png_declaring(folder / "bomb.png", 100_000, 100_000),
     }
+
+
+def write_tokenizer_files(folder: Path, bits: tuple[int, ...] = (8, 16)) -> Path:
+    """Small random-weight tokenizer files named general-d{bits}.safetensors (our format: the config inside), and
+    one file that is not a tokenizer, in `folder`: what the app finds in assets/tokenizers."""
+    import torch
+
+    from infinity.checkpoints import save_model
+    from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in bits:
+        torch.manual_seed(d)
+        config = TokenizerConfig(bits=d, base_channels=32, channel_multipliers=(1, 1, 1), num_res_blocks=1, patch_size=4)
+        save_model(BitwiseTokenizer(config).eval(), folder / f"general-d{d}.safetensors")
+    (folder / "notes.safetensors").write_bytes(b"not a safetensors file")
+    return folder

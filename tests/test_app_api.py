@@ -8,10 +8,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from app_helpers import bad_image_files, launched
+from app_helpers import bad_image_files, launched, served
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+
+from infinity.app import sheets
+from infinity.app.tokenizers import MODEL_OWN
+from infinity.pipeline import InfinityPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "shapes.png")
@@ -49,11 +53,12 @@ def test_generate_streams_one_preview_per_scale_then_the_image(client, app_pipe)
     updates = job.outputs()
     K = app_pipe.schedule("1:1").num_scales
     assert len(updates) == K + 1
-    for k, (gallery, image, status, seed) in enumerate(updates[:K]):
-        assert len(gallery) == k + 1 and image is None and status.startswith(f"Scale {k + 1}/{K}") and seed == 11
-        assert pixels(gallery[k]["image"]).shape == (256, 256, 3)  # the 32 px preview, shown 8x
-    gallery, image, status, seed = updates[-1]
-    assert len(gallery) == K and seed == 11 and status.startswith("Done: seed **11**")
+    W, H = sheets.layout((32, 32), K).size  # one sheet with a place for every scale, from the first update
+    for k, (sheet, image, status, seed) in enumerate(updates[:K]):
+        assert image is None and status.startswith(f"Scale {k + 1}/{K}") and seed == 11
+        assert pixels(sheet).shape == (H, W, 3)
+    sheet, image, status, seed = updates[-1]
+    assert pixels(sheet).shape == (H, W, 3) and seed == 11 and status.startswith("Done: seed **11**")
     assert np.array_equal(pixels(image), np.asarray(app_pipe("a red cube", seed=11).image))
 
 
@@ -69,16 +74,18 @@ def test_defaults_and_randomized_seed(client):
 
 
 def test_tokenizer_endpoint(client):
-    gallery, plot, text = client.predict(handle_file(EXAMPLE), "auto", api_name="/tokenize")
-    assert len(gallery) == 4 and all(pixels(item["image"]).shape == (256, 384, 3) for item in gallery)
-    assert [row[0] for row in plot["data"]] == ["1", "2", "3"] and text.startswith("Aspect ratio 3:2")
+    sheet, plot, text = client.predict(handle_file(EXAMPLE), "auto", api_name="/tokenize")
+    W, H = sheets.layout((16, 24), 4).size  # the input and 3 scales, 3:2 tiles
+    assert pixels(sheet).shape == (H, W, 3)
+    assert [row[0] for row in plot["data"]] == ["1", "2", "3"]
+    assert text.startswith(f"{MODEL_OWN} (8 bits per token): aspect ratio 3:2")
 
 
 def test_self_correction_endpoints(client):
-    clean, plain, requantized, plot, text = client.predict(
-        handle_file(EXAMPLE), "1:1", 2, 0.3, 0, api_name="/self_correction_tokenizer")
-    assert len(clean) == len(plain) == len(requantized) == 4 and len(plot["data"]) == 12
-    assert pixels(requantized[-1]["image"]).shape == (256, 256, 3) and text.startswith("Flipped 12 bits")
+    sheet, plot, text = client.predict(handle_file(EXAMPLE), "1:1", 2, 0.3, 0, api_name="/self_correction_tokenizer")
+    W, H = sheets.layout((32, 32), 4, 3, titled=True).size  # three series of 4 scales
+    assert pixels(sheet).shape == (H, W, 3) and len(plot["data"]) == 12
+    assert text.startswith(f"Tokenizer: {MODEL_OWN}. Flipped 12 bits")
     clean, flipped, diff, plot, text = client.predict(
         "a red cube", "1:1", 3, 2, 0.5, api_name="/self_correction_generation")
     assert all(pixels(p).shape == (256, 256, 3) for p in (clean, flipped, diff))
@@ -92,8 +99,9 @@ def test_inspect_and_variations_follow_the_session(url):
     client.predict("a red cube", seed=2, randomize_seed=False, api_name="/generate")
     bits, added, overlay, text = client.predict(3, api_name="/inspect_scale")
     assert pixels(overlay).shape == (256, 256, 3) and text.startswith("**Scale 3/4**")
-    gallery, status = client.predict("last result", None, "auto", 2, 2, "", 9, False, api_name="/variations")
-    assert [item["caption"] for item in gallery] == ["kept: scales 1-2", "seed 9", "seed 10"]
+    sheet, status = client.predict("last result", None, "auto", 2, 2, "", 9, False, api_name="/variations")
+    assert status.startswith("Done: 2 variations of scales 3-4 with seeds 9-10")
+    assert pixels(sheet).shape[::-1][1:] == sheets.layout((32, 32), 3).size
 
 
 @pytest.mark.parametrize(
@@ -134,4 +142,13 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
         with pytest.raises(AppError) as e:
             client.predict(path, api_name=api)
         assert ("decompression bomb" if name == "decompression bomb" else "image") in str(e.value)
-    assert len(client.predict(handle_file(EXAMPLE), "auto", api_name="/tokenize")[0]) == 4
+    assert client.predict(handle_file(EXAMPLE), "auto", api_name="/tokenize")[2].startswith(MODEL_OWN)
+
+
+def test_unknown_words_are_named_in_the_status_the_api_returns():
+    """On the embedded model (a shapes model); the tiny test model above is not one, and gets no notice."""
+    with served(InfinityPipeline.from_pretrained(None, device="cpu")) as url:
+        client = Client(url, verbose=False)
+        status = client.predict("a cat on a large red square", api_name="/generate")[2]
+        assert "'cat'" in status and "'square'" not in status
+        assert "vocabulary" not in client.predict("a large red square on the left", api_name="/generate")[2]

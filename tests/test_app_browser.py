@@ -1,17 +1,30 @@
 """The app in a real browser: Playwright (from PyPI) driving Debian's Chromium (`apt-get install -y chromium`; never
-`playwright install`), on a tiny random-weight model slowed down so every streamed update is visible.
+`playwright install`), on the embedded model (slowed down where a test watches updates stream in) and, for the
+choice of tokenizers, on a tiny random-weight model with small tokenizer files in a temporary folder.
+
+The tests assert properties, not wording: the self-correction conclusion agrees with the numbers printed beside
+it, two seeds give visibly different images, an unknown word is named, previews keep the output's aspect ratio,
+and no page action logs a console error.
 
 Screenshots are written to $INFINITY_TEST_ARTIFACTS (default runs/test-artifacts/), one of the live generation and
 one per tab; with INFINITY_SCREENSHOTS_DIR=docs/screenshots the tab screenshots are written there too (the README's
 pictures; add INFINITY_APP_TEST_MODEL=assets/embedded to take them with the embedded model).
 """
+import io
 import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from app_helpers import SlowStream, served
+from app_helpers import SlowStream, served, write_tokenizer_files
+from PIL import Image
+from test_app_handlers import assert_conclusion_follows_the_numbers
+
+from infinity.app import sheets
+from infinity.eval.diversity import mean_pixel_difference
+from infinity.pipeline import InfinityPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +32,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("INFINITY_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 60_000
+SEED_PROMPT = "a large green circle at the top"  # leaves the background open
+SEED_DIFFERENCE = 20.0  # mean |pixel difference| (of 255) between two seeds' images that a person sees
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +50,41 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def url(app_pipe):
-    with served(app_pipe) as url:
+def embedded():
+    return InfinityPipeline.from_pretrained(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def url(embedded):
+    with served(embedded) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def tiny_url(app_pipe, tmp_path_factory):
+    with served(app_pipe, tokenizers_dir=write_tokenizer_files(tmp_path_factory.mktemp("tokenizers"))) as url:
+        yield url
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.console_errors = []
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.goto(url)
+    return page
 
 
 @pytest.fixture
 def page(browser, url):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(url)
+    page = open_page(browser, url)
     yield page
     page.close()
+
+
+def no_console_errors(page) -> None:
+    assert page.console_errors == [], page.console_errors
 
 
 def settle(page) -> None:
@@ -70,44 +108,74 @@ def screenshot(page, name: str, docs: bool = False) -> Path:
     return path
 
 
-def wait_for_count(locator, n: int) -> None:
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while locator.count() < n:
-        assert time.monotonic() < deadline, f"waited for {n} of {locator}, saw {locator.count()}"
-        time.sleep(0.05)
+def image_of(page, selector: str) -> Image.Image:
+    """The image an <img> shows, fetched from the server."""
+    src = page.locator(f"{selector} img").first.get_attribute("src")
+    return Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
 
 
-def test_previews_stream_in_before_the_final_image(page, app_pipe):
-    K = app_pipe.schedule(app_pipe.aspect_ratios[0]).num_scales
-    previews, final, status = page.locator("#previews img"), page.locator("#image img"), page.locator("#status")
-    with SlowStream(app_pipe, delay=0.4):
-        page.locator("#prompt textarea").fill("a red cube")
+def choose(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def generate(page, pipe, prompt: str, seed: int | None = None) -> str:
+    """Run a generation from the Generate tab; returns the status text once it is done. The pipeline is slowed a
+    little, so that the run is seen starting ("Scale k/K") before its "Done" is waited for."""
+    page.locator("#prompt textarea").fill(prompt)
+    if seed is not None:
+        page.locator("#randomize input").set_checked(False)
+        page.locator("#seed input").fill(str(seed))
+    status = page.locator("#status")
+    with SlowStream(pipe, delay=0.3):
         page.locator("#generate").click()
-        seen = []  # (previews shown, final image shown, status text), polled until the final image is there
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Scale ')")
+        page.wait_for_function("""() => {
+            const text = document.querySelector('#status').innerText;
+            return text.includes('Done: seed') && !text.includes('processing');
+        }""")
+    page.locator("#image img").wait_for()
+    return status.inner_text()
+
+
+def test_previews_stream_in_one_sheet_in_the_outputs_aspect_ratio(page, embedded):
+    schedule = embedded.schedule("3:2")
+    choose(page, "#aspect", "3:2")
+    sizes, srcs, boxes = set(), [], set()
+    with SlowStream(embedded, delay=0.4):
+        page.locator("#prompt textarea").fill("a large red circle at the top left")
+        page.locator("#generate").click()
         deadline = time.monotonic() + TIMEOUT_MS / 1000
-        while not seen or not seen[-1][1]:
-            assert time.monotonic() < deadline, f"no final image; saw {seen[-5:]}"
-            seen.append((previews.count(), final.count() > 0, status.inner_text()))
+        while page.locator("#image img").count() == 0:
+            assert time.monotonic() < deadline, "no final image"
+            preview = page.locator("#previews img")
+            if preview.count():
+                srcs.append(preview.first.get_attribute("src"))
+                box = preview.first.bounding_box()
+                boxes.add(box and round(box["height"]))
             time.sleep(0.05)
     path = screenshot(page, "browser_generate")
-    before_final = [(n, text) for n, shown, text in seen if not shown]
-    counts = sorted({n for n, _ in before_final if n})
-    assert len(counts) >= 2 and counts[-1] >= K - 1, f"previews did not fill in one by one: {counts}"
-    assert any(text.startswith("Scale ") for _, text in before_final)  # progress went to the status line
-    assert previews.count() == K and "Done: seed" in status.inner_text()
+    assert len(set(srcs)) >= 3, "the previews did not update scale by scale"
+    assert len(boxes - {None}) == 1, f"the previews changed size while running: {boxes}"  # no layout jump
+    sheet = image_of(page, "#previews")
+    lay = sheets.layout(schedule.pixel_hw, schedule.num_scales)
+    assert sheet.size == lay.size  # every scale in place, each tile in the output's 3:2
+    x0, y0, x1, y1 = lay.box(0, 0)
+    H, W = schedule.pixel_hw
+    assert abs((x1 - x0) / (y1 - y0) - W / H) < 0.01
+    assert image_of(page, "#image").size == (W, H)
     assert path.stat().st_size > 10_000
+    no_console_errors(page)
 
 
-def test_stop_cancels_a_running_generation(page, app_pipe):
-    K = app_pipe.schedule(app_pipe.aspect_ratios[0]).num_scales
-    previews = page.locator("#previews img")
-    with SlowStream(app_pipe, delay=0.8):
-        page.locator("#prompt textarea").fill("a red cube")
+def test_stop_cancels_a_running_generation(page, embedded):
+    with SlowStream(embedded, delay=0.8):
+        page.locator("#prompt textarea").fill("a large red circle at the top left")
         page.locator("#generate").click()
-        wait_for_count(previews, 1)
+        page.locator("#previews img").wait_for()
         page.locator("#stop").click()
-        time.sleep(2.5)  # long enough for every remaining scale, had it gone on
-    assert page.locator("#image img").count() == 0 and previews.count() < K
+        time.sleep(4)  # long enough for every remaining scale, had it gone on
+    assert page.locator("#image img").count() == 0 and "Done" not in page.locator("#status").inner_text()
 
 
 def test_bad_input_is_a_message_and_the_page_goes_on(page):
@@ -121,11 +189,20 @@ def test_bad_input_is_a_message_and_the_page_goes_on(page):
     page.locator("#image img").wait_for()
 
 
-def test_every_tab(page):
-    page.locator("#prompt textarea").fill("a large red circle at the top left on a black background")
-    page.locator("#generate").click()
-    page.locator("#image img").wait_for()
-    page.get_by_text("Done: seed").wait_for()
+def test_unknown_words_are_named_and_seeds_change_the_image(page, embedded):
+    status = generate(page, embedded, "a purple giraffe in the center", seed=0)
+    assert "'giraffe'" in status and "'purple'" not in status.split("vocabulary")[-1]
+    images = []
+    for seed in (0, 1, 2, 3):
+        status = generate(page, embedded, SEED_PROMPT, seed=seed)
+        assert f"Done: seed {seed} " in status and "vocabulary" not in status
+        images.append(np.asarray(image_of(page, "#image")))
+    assert mean_pixel_difference(images) > SEED_DIFFERENCE
+    no_console_errors(page)
+
+
+def test_every_tab(page, embedded):
+    generate(page, embedded, "a large red circle at the top left on a black background")
     screenshot(page, "generate", docs=True)
 
     page.get_by_role("tab", name="Inside each scale").click()
@@ -134,7 +211,8 @@ def test_every_tab(page):
 
     page.get_by_role("tab", name="Self-correction").click()
     page.locator("#sc-tokenizer").click()
-    page.get_by_text("Re-quantization lets the later scales correct the flips").wait_for()
+    page.locator("#sc-text table").wait_for()
+    assert_conclusion_follows_the_numbers(markdown_of(page, "#sc-text"))
     screenshot(page, "self_correction_tokenizer", docs=True)
     page.get_by_role("tab", name="Generation level").click()
     page.locator("#sc-generation").click()
@@ -150,3 +228,36 @@ def test_every_tab(page):
     page.locator("#variations").click()
     page.get_by_text("Done: 4 variations").wait_for()
     screenshot(page, "variations", docs=True)
+    no_console_errors(page)
+
+
+def test_tokenizer_choice_in_both_tabs(browser, tiny_url):
+    page = open_page(browser, tiny_url)
+    try:
+        page.get_by_role("tab", name="Tokenizer", exact=True).click()
+        choose(page, "#tk-tokenizer-choice", "all, side by side")
+        page.locator("#tokenize").click()
+        page.get_by_text("general-d16 (16 bits) (16 bits per token)").wait_for()
+        assert "general-d8 (8 bits) (8 bits per token)" in page.locator("#tk-text").inner_text()
+        page.get_by_role("tab", name="Self-correction").click()
+        choose(page, "#sc-tokenizer-choice", "general-d8 (8 bits)")
+        page.locator("#sc-tokenizer").click()
+        page.get_by_text("Tokenizer: general-d8 (8 bits).").wait_for()
+        assert_conclusion_follows_the_numbers(markdown_of(page, "#sc-text"))
+        no_console_errors(page)
+    finally:
+        page.close()
+
+
+def markdown_of(page, selector: str) -> str:
+    """A Markdown component's text with its tables back in Markdown rows (| a | b |), as the handler wrote them."""
+    return page.evaluate("""(sel) => {
+        const root = document.querySelector(sel);
+        const lines = [];
+        root.querySelectorAll('p, tr').forEach(el => {
+            if (el.tagName === 'TR') {
+                lines.push('| ' + Array.from(el.children).map(c => c.innerText.trim()).join(' | ') + ' |');
+            } else { lines.push(el.innerText); }
+        });
+        return lines.join('\\n');
+    }""", selector)

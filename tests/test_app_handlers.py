@@ -9,15 +9,20 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-from app_helpers import bad_image_files
+from app_helpers import bad_image_files, write_tokenizer_files
+from PIL import Image
 
 import app
-from infinity.app import runtime
-from infinity.app.handlers import Generation, Handlers, user_errors
+from infinity.app import explorer, runtime, sheets
+from infinity.app.handlers import ALL_TOKENIZERS, Generation, Handlers, user_errors
+from infinity.app.tokenizers import MODEL_OWN, TokenizerShelf
+from infinity.eval.diversity import mean_pixel_difference
+from infinity.pipeline import InfinityPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "assets" / "examples" / "shapes.png")
+SCENE = str(ROOT / "assets" / "examples" / "scene.png")
 GENERATE = dict(negative_prompt="", aspect_ratio="1:1", cfg=3.0, seed=7, randomize_seed=False, tau=1.0, top_k=0,
                 top_p=0.0)
 
@@ -25,6 +30,17 @@ GENERATE = dict(negative_prompt="", aspect_ratio="1:1", cfg=3.0, seed=7, randomi
 @pytest.fixture(scope="module")
 def handlers(app_pipe):
     return Handlers(app_pipe)
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Handlers:
+    """The app's callbacks on the embedded model (trained on shapes scenes; about 0.2 s per image here)."""
+    return Handlers(InfinityPipeline.from_pretrained(None, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def shelf_dir(tmp_path_factory):
+    return write_tokenizer_files(tmp_path_factory.mktemp("tokenizers"))
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +61,13 @@ def message(call) -> str:
 def test_generate_streams_each_scale_then_the_image(handlers, app_pipe):
     updates = list(handlers.generate("a red cube", **GENERATE))
     assert len(updates) == 5  # 4 scales, then the final image
-    for k, (gallery, image, status, seed, state) in enumerate(updates[:4]):
-        assert len(gallery) == k + 1 and image is None and status.startswith(f"Scale {k + 1}/4") and seed == 7
+    sizes = {Image.open(sheet).size for sheet, *_ in updates}
+    assert len(sizes) == 1  # the previews keep their layout from the first scale to the end
+    for k, (sheet, image, status, seed, state) in enumerate(updates[:4]):
+        assert image is None and status.startswith(f"Scale {k + 1}/4") and seed == 7
         assert state == gr.skip()  # the session's last Generation is replaced only once this one is done
-    gallery, image, status, seed, state = updates[-1]
-    assert len(gallery) == 4 and isinstance(state, Generation) and "seed **7**" in status
+    sheet, image, status, seed, state = updates[-1]
+    assert isinstance(state, Generation) and "seed **7**" in status and "vocabulary" not in status
     assert np.array_equal(np.asarray(image), np.asarray(app_pipe("a red cube", seed=7).image))
     assert [tuple(b.shape) for b in state.bits] == [(1, 1, 1, 8), (1, 2, 2, 8), (1, 4, 4, 8), (1, 8, 8, 8)]
 
@@ -96,45 +114,136 @@ def test_inside_each_scale(handlers, record):
 
 
 def test_tokenizer_and_self_correction(handlers):
-    gallery, table, text = handlers.tokenize({"path": EXAMPLE}, "auto")
-    assert len(gallery) == 4 and gallery[0][1].startswith("input") and len(table) == 3  # 384x256 -> 3:2, 3 scales
-    assert text.startswith("Aspect ratio 3:2 (24x16 px), 3 scales")
-    clean, plain, requantized, table, text = handlers.self_correction_tokenizer(EXAMPLE, "1:1", 2, 0.3, 0)
-    assert len(clean) == len(plain) == len(requantized) == 4 and len(table) == 12
-    assert text.startswith("Flipped 12 bits (30%) in scales 1-2 of 4")  # round(.3 * 8) + round(.3 * 32)
+    sheet, table, text = handlers.tokenize({"path": EXAMPLE}, "auto", MODEL_OWN)
+    assert len(table) == 3  # 384x256 -> 3:2, 3 scales
+    assert text.startswith(f"{MODEL_OWN} (8 bits per token): aspect ratio 3:2 (24x16 px), 3 scales")
+    sheet, table, text = handlers.self_correction_tokenizer(EXAMPLE, "1:1", 2, 0.3, 0, MODEL_OWN)
+    assert len(table) == 12  # 3 series x 4 scales
+    assert f"Tokenizer: {MODEL_OWN}. Flipped 12 bits (30%) in scales 1-2 of 4" in text  # round(.3*8) + round(.3*32)
+    assert_conclusion_follows_the_numbers(text)
     clean, flipped, diff, table, text = handlers.self_correction_generation("a red cube", "1:1", 3, 2, 0.5)
     assert clean.size == flipped.size == diff.size == (256, 256) and len(table) == 4
     assert text.startswith("Flipped 16 bits (50%) of scale 2/4, seed 3.")
+
+
+def printed_numbers(text: str) -> dict[str, tuple[float, ...]]:
+    """The table the self-correction explorer prints: series -> (PSNR vs input, PSNR vs clean or nan, error)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in explorer.SERIES_NAMES:
+            rows[cells[0]] = tuple(float("nan") if c == "-" else float(c.split()[0]) for c in cells[1:])
+    assert set(rows) == set(explorer.SERIES_NAMES), text
+    return rows
+
+
+def assert_conclusion_follows_the_numbers(text: str) -> None:
+    numbers = printed_numbers(text)
+    (_, plain_clean, plain_error), (_, requant_clean, requant_error) = (
+        numbers[explorer.PLAIN_FLIPS], numbers[explorer.REQUANTIZED])
+    helped, hurt = "Re-quantization helped" in text, "did not help" in text
+    if requant_clean > plain_clean + 0.05 and requant_error < plain_error - 0.001:
+        assert helped and not hurt, text
+    elif requant_clean < plain_clean - 0.05 and requant_error > plain_error + 0.001:
+        assert hurt and not helped, text
+    else:
+        assert not helped and not hurt, text
+
+
+def test_self_correction_conclusion_on_a_shapes_scene(embedded):
+    """On a scene the embedded tokenizer reconstructs well, at the app's defaults, re-quantization helps; the
+    printed conclusion says so because the printed numbers say so."""
+    sheet, table, text = embedded.self_correction_tokenizer(SCENE, "auto", 2, 0.3, 0, MODEL_OWN)
+    assert_conclusion_follows_the_numbers(text)
+    assert "Re-quantization helped" in text
+
+
+def test_self_correction_conclusion_when_requantization_loses(handlers, monkeypatch):
+    """A forced result where the re-quantized series is further from the clean one: the page says so."""
+    def series(psnr_clean, error):
+        return explorer.Series([None] * 4, [12.0] * 4, [psnr_clean] * 4, [error] * 4)
+
+    forced = explorer.SelfCorrectionResult(None, {
+        explorer.CLEAN: series(99.0, 0.1), explorer.PLAIN_FLIPS: series(31.0, 0.2),
+        explorer.REQUANTIZED: series(24.0, 0.35)}, [12, 0, 0, 0])
+    monkeypatch.setattr(explorer, "tokenizer_self_correction", lambda *args: forced)
+    sheet, table, text = handlers.self_correction_tokenizer(EXAMPLE, "1:1", 2, 0.3, 0, MODEL_OWN)
+    assert_conclusion_follows_the_numbers(text)
+    assert "did not help" in text
+
+
+def test_unknown_words_get_a_notice_on_the_embedded_model_only(embedded, handlers):
+    *_, (_, image, status, _, _) = embedded.generate("a cat sitting on a large red square", **GENERATE)
+    assert image is not None and "'cat', 'sitting'" in status and "'large'" not in status
+    *_, (_, _, status, _, _) = embedded.generate("a large red square on the left", **GENERATE)
+    assert "vocabulary" not in status
+    *_, (_, _, status, _, _) = handlers.generate("a cat sitting on a sofa", **GENERATE)  # not a shapes model
+    assert "vocabulary" not in status
+
+
+def test_seeds_give_visibly_different_images_on_the_embedded_model(embedded):
+    """At the embedded model's defaults, a prompt that leaves the background open varies with the seed (its
+    background: gray or black; at tau 0.25, the old default, every seed gave the same image, 0.3/255 apart)."""
+    d = embedded.pipe.defaults
+    options = dict(GENERATE, cfg=d.cfg, tau=d.tau, top_k=d.top_k, top_p=d.top_p)
+    images = []
+    for seed in range(4):
+        *_, (_, image, _, _, _) = embedded.generate("a large green circle at the top", **{**options, "seed": seed})
+        images.append(np.asarray(image))
+    assert mean_pixel_difference(images) > 20  # of 255: backgrounds differ between seeds
+
+
+def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
+    shelf = TokenizerShelf(app_pipe, shelf_dir)
+    assert shelf.choices == [MODEL_OWN, "general-d8 (8 bits)", "general-d16 (16 bits)"]  # notes.safetensors left out
+    assert shelf.default == "general-d16 (16 bits)"  # not a released model: the general tokenizer of most bits
+    h = Handlers(app_pipe, shelf)
+    sheet, table, text = h.tokenize({"path": EXAMPLE}, "auto", ALL_TOKENIZERS)
+    assert set(table["series"]) == set(shelf.choices) and len(text.split("\n\n")) == 3
+    assert "general-d16 (16 bits) (16 bits per token): aspect ratio 3:2 (96x64 px), 7 scales" in text
+    assert sheet.size == sheets.layout((16, 24), 8, 3, titled=True).size  # a row per tokenizer
+    sheet, table, text = h.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, "general-d8 (8 bits)")
+    assert text.startswith("Tokenizer: general-d8 (8 bits). Flipped") and len(table) == 3 * 7
+    assert_conclusion_follows_the_numbers(text)
+    monkeypatch.setattr(app_pipe, "name", "infinity-2b")
+    assert TokenizerShelf(app_pipe, shelf_dir).default == MODEL_OWN  # a released model keeps its own
+    assert TokenizerShelf(app_pipe, shelf_dir / "missing").choices == [MODEL_OWN]
 
 
 @pytest.mark.parametrize("name", ["random bytes", "truncated", "too large", "decompression bomb"])
 def test_bad_uploads_give_a_message(handlers, tmp_path, name):
     path = str(bad_image_files(tmp_path)[name])
     expected = "decompression bomb" if name == "decompression bomb" else "image"
-    for call in (lambda: handlers.tokenize({"path": path}, "auto"),
-                 lambda: handlers.self_correction_tokenizer({"path": path}, "auto", 1, 0.1, 0),
+    for call in (lambda: handlers.tokenize({"path": path}, "auto", MODEL_OWN),
+                 lambda: handlers.self_correction_tokenizer({"path": path}, "auto", 1, 0.1, 0, MODEL_OWN),
                  lambda: handlers.variations("uploaded image", {"path": path}, "auto", 1, 1, "a cube", 0, False, None)):
         assert expected in message(call)
 
 
 def test_self_correction_bounds(handlers):
     assert "flipped scales must be between 1 and 4, got 9." in message(
-        lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 9, 0.3, 0))
-    assert "flip fraction must be <= 1" in message(lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 1, 3, 0))
+        lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 9, 0.3, 0, MODEL_OWN))
+    assert "flip fraction must be <= 1" in message(
+        lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 1, 3, 0, MODEL_OWN))
+    assert "tokenizer must be one of" in message(
+        lambda: handlers.self_correction_tokenizer(EXAMPLE, "1:1", 1, 0.3, 0, "general-d99"))
     assert "scale must be between 1 and 3, got 4." in message(
         lambda: handlers.self_correction_generation("a cube", "3:2", 0, 4, 0.3))
 
 
 def test_variations(handlers, record, app_pipe):
     updates = list(handlers.variations("last result", None, "auto", 2, 3, "", 5, False, record))
-    gallery, status = updates[-1]
-    assert len(updates) == 5 and len(gallery) == 4 and status.startswith("Done: 3 variations of scales 3-4")
-    assert [caption for _, caption in gallery] == ["kept: scales 1-2", "seed 5", "seed 6", "seed 7"]
-    *_, (gallery, _) = handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "a cube", 0, False, None)
-    assert len(gallery) == 2
+    sheet, status = updates[-1]
+    assert len(updates) == 5 and status.startswith("Done: 3 variations of scales 3-4 with seeds 5-7")
+    assert len({Image.open(s).size for s, _ in updates}) == 1  # laid out for every variation from the start
+    *_, (sheet, status) = handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "a cube", 0, False, None)
+    assert "prompt 'a cube'" in status
+    # an empty prompt is the last generated one, whatever the source (as the placeholder says)
+    *_, (sheet, status) = handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "", 0, False, record)
+    assert f"prompt '{record.prompt}'" in status
     assert "Generate an image first" in message(
         lambda: handlers.variations("last result", None, "auto", 2, 1, "", 0, False, None))
-    assert "Please enter a prompt" in message(
+    assert "Enter a prompt" in message(
         lambda: handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "", 0, False, None))
     assert "kept scales must be between 1 and 3, got 4." in message(
         lambda: handlers.variations("last result", None, "auto", 4, 1, "", 0, False, record))

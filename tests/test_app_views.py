@@ -1,5 +1,6 @@
 """The app's pure views, its input checks and the explorer's computations, without a server (tiny model, CPU)."""
 import math
+import types
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import torch
 from app_helpers import bad_image_files
 from PIL import Image
 
-from infinity.app import explorer, inputs, views
+from infinity.app import explorer, inputs, sheets, views, vocabulary
+from infinity.app.tokenizers import model_codec
 from infinity.sampling import Intervention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,6 +79,48 @@ def test_difference_map_and_psnr():
     assert views.psnr_db(a, b) == pytest.approx(10 * math.log10(255**2 / (100 / 3)))
     with pytest.raises(ValueError, match="differ in size"):
         views.difference_map(a, Image.new("RGB", (4, 4)))
+
+
+def test_difference_map_has_a_fixed_scale():
+    a = Image.new("RGB", (2, 1), (100, 100, 100))
+    b = Image.fromarray(np.array([[[101, 100, 100], [200, 200, 200]]], dtype=np.uint8))
+    shown = np.asarray(views.difference_map(a, b)[0]).astype(int).sum(-1)
+    black, full = views.colormap(np.zeros(1)).astype(int).sum(), views.colormap(np.ones(1)).astype(int).sum()
+    assert shown[0, 0] - black < 10 and shown[0, 1] == full  # a 1/3 difference stays dark; 100 is full scale
+
+
+@pytest.mark.parametrize("image_hw", [(32, 32), (16, 24), (24, 16), (1024, 1536)])
+def test_contact_sheet_tiles_keep_the_aspect_ratio(image_hw):
+    H, W = image_hw
+    tiles = [Image.new("RGB", (W, H), (k * 30, 0, 0)) for k in range(3)]
+    labels = [f"scale {k + 1}" for k in range(9)]
+    lay = sheets.layout(image_hw, 9, 2)
+    sheet = sheets.contact_sheet([tiles, tiles[:1]], [labels, labels], image_hw)
+    assert sheet.size == lay.size and lay.columns == 7  # 9 tiles wrap into two rows of at most 7
+    for row, count in ((0, 3), (1, 1)):
+        for i in range(9):
+            x0, y0, x1, y1 = lay.box(row, i)
+            assert abs((x1 - x0) / (y1 - y0) - W / H) < 0.01
+            pixel = sheet.getpixel(((x0 + x1) // 2, (y0 + y1) // 2))
+            assert pixel == ((i * 30, 0, 0) if i < count else sheets.BACKGROUND)  # empty frames until computed
+    with pytest.raises(ValueError, match="more than its 9 labels"):
+        sheets.contact_sheet([tiles * 4], [labels], image_hw)
+
+
+# ---- vocabulary ----
+
+
+def test_unknown_words_are_named_once_in_prompt_order():
+    assert vocabulary.unknown_words("A large green triangle at the bottom.") == []
+    assert vocabulary.unknown_words("a cat sitting on a sofa, a cat") == ["cat", "sitting", "sofa"]
+    assert "'cat', 'sitting', 'sofa'" in vocabulary.notice("a cat sitting on a sofa")
+    assert vocabulary.notice("a small red circle on a white background") == ""
+
+
+def test_shapes_models_are_told_by_their_examples(app_pipe):
+    assert not vocabulary.is_shapes_model(app_pipe)  # "a red cube": not a shapes caption
+    shapes = types.SimpleNamespace(examples=("a large green triangle at the bottom",))
+    assert vocabulary.is_shapes_model(shapes) and not vocabulary.is_shapes_model(types.SimpleNamespace(examples=()))
 
 
 def test_per_scale_table_is_long_form():
@@ -179,7 +223,7 @@ def test_grids_of_previews():
 
 
 def test_reconstruction_psnr_per_scale(app_pipe, photo):
-    fitted, rec = explorer.reconstruct(app_pipe, photo, "3:2")
+    fitted, rec = explorer.reconstruct(model_codec(app_pipe), photo, "3:2")
     assert fitted.size == (24, 16) and len(rec.images) == len(rec.psnr) == 3
     assert all(im.size == (24, 16) for im in rec.images) and all(math.isfinite(p) for p in rec.psnr)
 
@@ -193,18 +237,52 @@ def test_flip_masks_count_and_determinism():
 
 
 def test_self_correction_series(app_pipe, photo):
-    none = explorer.tokenizer_self_correction(app_pipe, photo, "1:1", 2, 0.0, seed=0)
-    clean = none.series[explorer.CLEAN].psnr
-    assert none.series[explorer.REQUANTIZED].psnr == clean and none.flipped == [0, 0, 0, 0]  # nothing flipped
+    codec = model_codec(app_pipe)
+    none = explorer.tokenizer_self_correction(codec, photo, "1:1", 2, 0.0, seed=0)
+    clean = none.series[explorer.CLEAN]
+    assert none.series[explorer.REQUANTIZED].psnr_input == clean.psnr_input and none.flipped == [0, 0, 0, 0]
+    # nothing flipped: the clean features (a random tokenizer's decoder amplifies float noise where F ~ 0, so images
+    # are compared at the last scale only)
+    assert none.series[explorer.PLAIN_FLIPS].feature_error == pytest.approx(clean.feature_error, abs=1e-6)
+    assert none.series[explorer.PLAIN_FLIPS].psnr_clean[-1] > 60
 
-    result = explorer.tokenizer_self_correction(app_pipe, photo, "1:1", 2, 0.5, seed=0)
+    result = explorer.tokenizer_self_correction(codec, photo, "1:1", 2, 0.5, seed=0)
     assert result.flipped == [round(0.5 * 8), round(0.5 * 4 * 8), 0, 0]  # scales 1x1 and 2x2 (8 bits)
-    assert result.series[explorer.CLEAN].psnr == pytest.approx(clean)
+    assert result.series[explorer.CLEAN].psnr_input == pytest.approx(clean.psnr_input)
     plain, requantized = result.series[explorer.PLAIN_FLIPS], result.series[explorer.REQUANTIZED]
     # Both flip the same bits, so they agree at the first scale; after the flipped scales only re-quantization
     # recomputes the residuals, so they differ there.
-    assert plain.psnr[0] == pytest.approx(requantized.psnr[0]) and plain.psnr[0] != pytest.approx(clean[0])
-    assert plain.psnr[3] != pytest.approx(requantized.psnr[3])
+    assert plain.psnr_input[0] == pytest.approx(requantized.psnr_input[0])
+    assert plain.psnr_clean[0] == pytest.approx(requantized.psnr_clean[0]) and plain.psnr_clean[0] < 99
+    assert plain.feature_error[3] != pytest.approx(requantized.feature_error[3])
+    assert all(0 <= e for s in result.series.values() for e in s.feature_error)
+
+
+def _result(plain: tuple[float, float], requantized: tuple[float, float]) -> explorer.SelfCorrectionResult:
+    """A result whose last scale has (PSNR vs clean, feature error) as given for the two flipped series."""
+    def series(psnr_clean, error):
+        return explorer.Series([], [20.0], [psnr_clean], [error])
+
+    return explorer.SelfCorrectionResult(None, {explorer.CLEAN: series(99.0, 0.1), explorer.PLAIN_FLIPS: series(*plain),
+                                                explorer.REQUANTIZED: series(*requantized)}, [1])
+
+
+@pytest.mark.parametrize(
+    "plain, requantized, expected",
+    [
+        ((20.0, 0.5), (30.0, 0.3), (1, 1)),  # re-quantization closer on both measures
+        ((30.0, 0.3), (20.0, 0.5), (-1, -1)),  # worse on both
+        ((25.0, 0.4), (25.0, 0.4), (0, 0)),  # the same
+        ((20.0, 0.3), (30.0, 0.5), (1, -1)),  # the measures disagree
+    ],
+)
+def test_verdict_follows_the_numbers(plain, requantized, expected):
+    v = explorer.verdict(_result(plain, requantized))
+    assert (v.psnr_clean, v.feature_error) == expected
+    helped, hurt = v.text.startswith("Re-quantization helped"), "did not help" in v.text
+    assert helped == (expected == (1, 1)) and hurt == (expected == (-1, -1))
+    # the numbers are in the sentence, in the order the verdict compares them
+    assert f"{requantized[0]:.2f} dB" in v.text and f"{plain[0]:.2f} dB" in v.text
 
 
 def test_generation_intervention_against_the_clean_run(app_pipe):

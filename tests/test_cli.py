@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,27 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_tokenize_offline_is_one_line_within_seconds(tmp_path):
+    """No cache and no Hub: one line, no retries (the Hub here is a closed local port)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "infinity", "tokenize", str(EXAMPLE), "--preset", "infinity-vae-d16",
+                             "--out", str(tmp_path / "o")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "could not download infinity_vae_d16.pth" in result.stderr and "cannot be reached" in result.stderr
+    assert seconds < 60  # imports included, on a busy machine; the Hub check itself waits at most 5 s
+
+
+def test_tokenize_without_weights_uses_the_embedded_tokenizer_at_the_apps_size(tmp_path):
+    result = _run("tokenize", str(EXAMPLE), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((ROOT / "assets" / "embedded" / "pipeline.json").read_text())
+    H, W = (n * config["patch_size"] for n in config["schedules"]["3:2"][-1])  # the app's 3:2 size
+    assert f"7 scales, {W}x{H} px, 16 bits per token" in result.stdout
+
+
 # ---- generate ----
 
 
@@ -134,7 +156,7 @@ def test_generate_writes_the_image_and_every_scale(tmp_path, tiny_model_dir):
         (["--tau", "0"], "tau (temperature) must be > 0"),
         (["--top-p", "2"], "top_p must be in [0, 1]"),
         (["--aspect-ratio", "16:9"], "unknown aspect ratio '16:9'; this model has 1:1, 3:2, 2:3"),
-        (["--seed", "-1"], "seed must be an integer in [0, 2**63 - 1]"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**53 - 1]"),
         (["--out", "cube.txt"], "unknown image format '.txt'"),
         (["--device", "toaster"], "unknown device"),
         (["--model", "nowhere"], "nowhere: neither a model name (infinity-2b, infinity-8b) nor a model folder"),

@@ -4,13 +4,17 @@ Legend: B batch (1), d bits per latent cell, H/W the full latent grid, h/w one s
 
 - `scale_preview`: what the image looks like after scale k: F_k decoded at that scale's grid, enlarged with
   nearest neighbour to the output size (each latent cell a visible block, nothing invented between them).
-- `reconstruct`: an image's multi-scale reconstruction, F_k decoded after every scale, with PSNR (paper Fig. 3).
+- `reconstruct`: an image's multi-scale reconstruction, F_k decoded after every scale, with PSNR (paper Fig. 3),
+  with the model's tokenizer or a general one (a `Codec`, see tokenizers.py).
 - `tokenizer_self_correction`: what bitwise self-correction changes (paper Sec. 3.3, Algorithm 4). The same bits
   of the first scales are flipped in two ways:
     * without re-quantization: the flipped codes are summed into F, but the later scales keep the residuals and
       bits of the clean encoding, so the errors stay in F_K;
     * with re-quantization (Algorithm 4): every later residual is taken against the corrupted F, so the later
-      scales' bits are the ones that correct the earlier mistakes, and F_K comes back close to the clean one.
+      scales' bits are the ones that correct the earlier mistakes, and F_K comes back closer to the clean one.
+  Each series is measured against the input, against the clean encoding (what the flips can be corrected back
+  to: a tokenizer that reconstructs an image poorly hides the correction in a PSNR against the input) and in
+  feature space, |f - F_k| / |f|; `verdict` turns the last scale's numbers into the sentence the app prints.
 - `generation_intervention`: the transformer's version of the same question: flip a fraction of the sampled bits
   at one scale (an `Intervention`) and see how the later scales react, beside the clean run with the same seed.
 - `variations`: keep the first k scales of a result (or of an encoded image) and resample the rest.
@@ -27,11 +31,13 @@ from PIL import Image
 from ..images import fit, psnr, to_tensor
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention, ScaleEvent
-from ..tokenizer.model import latent_scales
+from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.quantizer import Grid, area_resize
+from .tokenizers import Codec
 from .views import tensor_to_pil, upscale_nearest
 
 CLEAN, PLAIN_FLIPS, REQUANTIZED = "clean", "flipped, not re-quantized", "flipped, re-quantized (Alg. 4)"
+SERIES_NAMES = (CLEAN, PLAIN_FLIPS, REQUANTIZED)
 
 
 def preview_grid(hw: Grid, full: Grid) -> Grid:
@@ -71,28 +77,24 @@ def nearest_aspect_ratio(pipe: InfinityPipeline, image: Image.Image) -> str:
     return min(pipe.schedules, key=distance)
 
 
-def _fitted(pipe: InfinityPipeline, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, torch.Tensor]:
-    """The image resized and center-cropped to the aspect ratio's size, as PIL and as (1, 3, H, W) on the device."""
-    fitted = fit(image.convert("RGB"), pipe.schedule(aspect_ratio).pixel_hw)
-    return fitted, to_tensor(fitted).to(pipe.device)
-
-
-def _decode_all(pipe: InfinityPipeline, cumulative: Sequence[torch.Tensor], x_13HW: torch.Tensor) -> Reconstruction:
-    images, values = [], []
-    for F_1dHW in cumulative:
-        y_13HW = pipe.tokenizer.decode(F_1dHW)
-        images.append(tensor_to_pil(y_13HW[0]))
-        values.append(float(psnr(y_13HW, x_13HW)[0]))
-    return Reconstruction(images, values)
+def _fitted(codec: Codec, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, torch.Tensor]:
+    """The image resized and center-cropped to the aspect ratio's size, as PIL and as (1, 3, H, W) on the
+    tokenizer's device."""
+    fitted = fit(image.convert("RGB"), codec.schedules[aspect_ratio].pixel_hw)
+    return fitted, to_tensor(fitted).to(next(codec.tokenizer.parameters()).device)
 
 
 @torch.no_grad()
-def reconstruct(pipe: InfinityPipeline, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, Reconstruction]:
-    """(the fitted input, its reconstruction after every scale)."""
-    fitted, x_13HW = _fitted(pipe, image, aspect_ratio)
-    scales = latent_scales(pipe.schedule(aspect_ratio).scales, pipe.spatial_patch)
-    codes = pipe.tokenizer.encode_scales(x_13HW, scales)
-    return fitted, _decode_all(pipe, codes.cumulative, x_13HW)
+def reconstruct(codec: Codec, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, Reconstruction]:
+    """(the fitted input, its reconstruction after every scale) with `codec`'s tokenizer and schedule."""
+    fitted, x_13HW = _fitted(codec, image, aspect_ratio)
+    codes = codec.tokenizer.encode_scales(x_13HW, codec.schedules[aspect_ratio].scales)
+    images, values = [], []
+    for F_1dHW in codes.cumulative:
+        y_13HW = codec.tokenizer.decode(F_1dHW)
+        images.append(tensor_to_pil(y_13HW[0]))
+        values.append(float(psnr(y_13HW, x_13HW)[0]))
+    return fitted, Reconstruction(images, values)
 
 
 def flip_masks(shapes: Sequence[torch.Size], num_scales: int, fraction: float, seed: int) -> list[torch.Tensor | None]:
@@ -112,21 +114,79 @@ def flip_masks(shapes: Sequence[torch.Size], num_scales: int, fraction: float, s
 
 
 @dataclass
+class Series:
+    """One series of the self-correction explorer: its decoded F_k after every scale and three measures of each:
+    PSNR (dB) against the input and against the clean encoding's image at the same scale, and the feature error
+    |f - F_k| / |f| (the encoder's features f against the running sum, relative L2: what the quantizer sees)."""
+
+    images: list[Image.Image]
+    psnr_input: list[float]
+    psnr_clean: list[float]
+    feature_error: list[float]
+
+
+@dataclass
 class SelfCorrectionResult:
     input: Image.Image  # the fitted input
-    series: dict[str, Reconstruction]  # CLEAN, PLAIN_FLIPS, REQUANTIZED
+    series: dict[str, Series]  # CLEAN, PLAIN_FLIPS, REQUANTIZED
     flipped: list[int]  # bits flipped at each scale
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the final scale's numbers say about re-quantization: +1 helped, -1 hurt, 0 no difference, per measure
+    (closer to the clean encoding in PSNR; smaller feature error), and the sentence that says it."""
+
+    psnr_clean: int
+    feature_error: int
+    text: str
+
+
+def _sign(better: float, worse: float, tolerance: float) -> int:
+    return 0 if abs(better - worse) <= tolerance else (1 if better > worse else -1)
+
+
+def verdict(result: SelfCorrectionResult, psnr_tolerance: float = 0.05, error_tolerance: float = 1e-3) -> Verdict:
+    """Compare the two flipped series at the last scale, from the numbers alone."""
+    plain, requant = result.series[PLAIN_FLIPS], result.series[REQUANTIZED]
+    by_psnr = _sign(requant.psnr_clean[-1], plain.psnr_clean[-1], psnr_tolerance)
+    by_error = _sign(plain.feature_error[-1], requant.feature_error[-1], error_tolerance)
+    numbers = (f"after the last scale the re-quantized series is {requant.psnr_clean[-1]:.2f} dB from the clean "
+               f"encoding's image against {plain.psnr_clean[-1]:.2f} dB without re-quantization, and its features "
+               f"are {requant.feature_error[-1]:.3f} from f against {plain.feature_error[-1]:.3f}")
+    if by_psnr > 0 and by_error >= 0 or by_psnr >= 0 and by_error > 0:
+        text = f"Re-quantization helped: {numbers}. The later scales corrected part of the flips (Algorithm 4)."
+    elif by_psnr < 0 and by_error <= 0 or by_psnr <= 0 and by_error < 0:
+        text = f"Here re-quantization did not help: {numbers}."
+    elif by_psnr == by_error == 0:
+        text = f"Re-quantization made no measurable difference here: {numbers}."
+    else:
+        text = f"The two measures disagree here: {numbers}."
+    return Verdict(by_psnr, by_error, text)
+
+
+def _series(tok: BitwiseTokenizer, cumulative: Sequence[torch.Tensor], x_13HW: torch.Tensor, f_1dHW: torch.Tensor,
+            clean: Sequence[torch.Tensor] | None) -> tuple[Series, list[torch.Tensor]]:
+    """The measures of one series and its decoded images (as tensors, for the next series' PSNR to clean)."""
+    decoded = [tok.decode(F_1dHW) for F_1dHW in cumulative]
+    norm = float(f_1dHW.norm())
+    series = Series(
+        [tensor_to_pil(y[0]) for y in decoded],
+        [float(psnr(y, x_13HW)[0]) for y in decoded],
+        [99.0 if clean is None else min(99.0, float(psnr(y, c)[0])) for y, c in zip(decoded, clean or decoded)],
+        [float((f_1dHW - F).norm()) / max(norm, 1e-12) for F in cumulative],
+    )
+    return series, decoded
 
 
 @torch.no_grad()
 def tokenizer_self_correction(
-    pipe: InfinityPipeline, image: Image.Image, aspect_ratio: str, flip_scales: int, fraction: float, seed: int
+    codec: Codec, image: Image.Image, aspect_ratio: str, flip_scales: int, fraction: float, seed: int
 ) -> SelfCorrectionResult:
     """F_k series of the clean encoding and of the two ways of flipping `fraction` of the bits of the first
-    `flip_scales` scales (see the module docstring)."""
-    fitted, x_13HW = _fitted(pipe, image, aspect_ratio)
-    tok = pipe.tokenizer
-    scales = latent_scales(pipe.schedule(aspect_ratio).scales, pipe.spatial_patch)
+    `flip_scales` scales (see the module docstring), each measured against the input, the clean encoding and f."""
+    fitted, x_13HW = _fitted(codec, image, aspect_ratio)
+    tok, scales = codec.tokenizer, codec.schedules[aspect_ratio].scales
     f_BdHW = tok.encode(x_13HW)
     clean = tok.quantize(f_BdHW, scales)
     masks = flip_masks([b.shape for b in clean.bits], flip_scales, fraction, seed)
@@ -140,10 +200,11 @@ def tokenizer_self_correction(
         return None if masks[k] is None else masks[k].to(bits_Bhwd.device)
 
     requantized = tok.quantize(f_BdHW, scales, flips=flips)
+    clean_series, clean_images = _series(tok, clean.cumulative, x_13HW, f_BdHW, None)
     series = {
-        CLEAN: _decode_all(pipe, clean.cumulative, x_13HW),
-        PLAIN_FLIPS: _decode_all(pipe, plain, x_13HW),
-        REQUANTIZED: _decode_all(pipe, requantized.cumulative, x_13HW),
+        CLEAN: clean_series,
+        PLAIN_FLIPS: _series(tok, plain, x_13HW, f_BdHW, clean_images)[0],
+        REQUANTIZED: _series(tok, requantized.cumulative, x_13HW, f_BdHW, clean_images)[0],
     }
     return SelfCorrectionResult(fitted, series, [0 if m is None else int(m.sum()) for m in masks])
 

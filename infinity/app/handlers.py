@@ -25,7 +25,9 @@ from PIL import Image
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention
 from ..tokenizer.model import unpatchify_bits
-from . import explorer, inputs
+from . import explorer, inputs, vocabulary
+from .sheets import contact_sheet
+from .tokenizers import TokenizerShelf
 from .views import (
     bits_image,
     difference_map,
@@ -41,6 +43,7 @@ from .views import (
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"  # aspect-ratio choice for uploads: the model's ratio nearest the image's
+ALL_TOKENIZERS = "all, side by side"  # the Tokenizer tab's choice that runs every tokenizer on the same image
 MAX_CFG, MAX_TAU, MAX_TOP_K = 30.0, 5.0, 1_000_000
 MAX_VARIATIONS = 8
 
@@ -105,18 +108,29 @@ def cached(img: Image.Image, fmt: str = "webp") -> str:
 
 
 def new_seed() -> int:
-    return random.SystemRandom().randint(0, inputs.MAX_UI_SEED)
+    return random.SystemRandom().randint(0, inputs.MAX_SEED)
 
 
 def _grid(h: int, w: int) -> str:
     return f"{h}x{w}"
 
 
+def grid_labels(scales) -> list[str]:
+    """The label of every tile of a contact sheet of one schedule: "scale k: hxw"."""
+    return [f"scale {k + 1}: {_grid(h, w)}" for k, (h, w) in enumerate(scales)]
+
+
 class Handlers:
     """The callbacks of one app, bound to one pipeline."""
 
-    def __init__(self, pipe: InfinityPipeline):
+    def __init__(self, pipe: InfinityPipeline, tokenizers: TokenizerShelf | None = None):
         self.pipe = pipe
+        self.tokenizers = tokenizers or TokenizerShelf(pipe)
+        self.shapes_model = vocabulary.is_shapes_model(pipe)
+
+    def notice(self, prompt: str) -> str:
+        """The unknown-words notice for a prompt ("" for a model that is not a shapes model)."""
+        return vocabulary.notice(prompt) if self.shapes_model else ""
 
     # ---- shared checks ----
 
@@ -132,6 +146,9 @@ class Handlers:
         if value == AUTO and image is not None:
             return explorer.nearest_aspect_ratio(self.pipe, image)
         return inputs.choice("aspect ratio", value, self.pipe.aspect_ratios + ([AUTO] if image is not None else []))
+
+    def _upload_aspect_ratio(self, value) -> str:
+        return inputs.choice("aspect ratio", value, [AUTO, *self.pipe.aspect_ratios])
 
     def _seed(self, seed, randomize_seed) -> int:
         return new_seed() if inputs.flag("randomize seed", randomize_seed) else inputs.seed(seed)
@@ -152,24 +169,25 @@ class Handlers:
 
         start = time.perf_counter()
         schedule = self.pipe.schedule(aspect_ratio)
-        K = schedule.num_scales
-        gallery, previews, bits, entropy = [], [], [], []
+        K, labels = schedule.num_scales, grid_labels(schedule.scales)
+        notice = self.notice(prompt)
+        notice = f"\n\n{notice}" if notice else ""
+        previews, bits, entropy = [], [], []
         for event in self.pipe.stream(prompt, negative_prompt, aspect_ratio, seed=seed, preview=False, **options):
             k, (h, w) = event.scale_index, schedule.scales[event.scale_index]
-            preview = explorer.scale_preview(self.pipe, event)
-            previews.append(preview)
+            previews.append(explorer.scale_preview(self.pipe, event))
             bits.append(event.bits_Bhwd.cpu())
             entropy.append(token_entropy(event.probs_Bhwd))
-            gallery.append((cached(enlarge(preview)), f"scale {k + 1}/{K}: {_grid(h, w)}"))
-            status = f"Scale {k + 1}/{K} ({_grid(h, w)} tokens) · {time.perf_counter() - start:.1f} s"
-            yield list(gallery), None, status, seed, gr.skip()  # the session keeps its last finished Generation
+            sheet = cached(contact_sheet([previews], [labels], schedule.pixel_hw))
+            status = f"Scale {k + 1}/{K} ({_grid(h, w)} tokens) · {time.perf_counter() - start:.1f} s{notice}"
+            yield sheet, None, status, seed, gr.skip()  # the session keeps its last finished Generation
 
         seconds = time.perf_counter() - start
         record = Generation(prompt, negative_prompt, aspect_ratio, seed, options, bits, entropy, previews, seconds)
         H, W = schedule.pixel_hw
         status = (f"Done: seed **{seed}** · {seconds:.2f} s · {K} scales · {W}x{H} px · "
-                  f"{self.pipe.device_name}")
-        yield list(gallery), record.image, status, seed, record
+                  f"{self.pipe.device_name}{notice}")
+        yield sheet, record.image, status, seed, record
 
     def scale_range(self, record: Generation | None):
         """The scale slider's range for the current result (a UI update, not part of the API)."""
@@ -201,28 +219,36 @@ class Handlers:
     # ---- 3. self-correction explorer ----
 
     @user_errors
-    def self_correction_tokenizer(self, image, aspect_ratio, flip_scales, fraction, seed):
-        """F_k of the clean encoding and of the same bits flipped without / with re-quantization, PSNR per scale."""
+    def self_correction_tokenizer(self, image, aspect_ratio, flip_scales, fraction, seed, tokenizer):
+        """F_k of the clean encoding and of the same bits flipped without / with re-quantization, as one sheet; the
+        feature error per scale; a table of the final measures and the conclusion they support."""
         img = inputs.read_image(image)
-        aspect_ratio = self._aspect_ratio(aspect_ratio, img)
-        K = self.pipe.schedule(aspect_ratio).num_scales
+        codec = self.tokenizers.get(inputs.choice("tokenizer", tokenizer, self.tokenizers.choices))
+        aspect_ratio = codec.aspect_ratio(self._upload_aspect_ratio(aspect_ratio), img)
+        schedule = codec.schedules[aspect_ratio]
+        K = schedule.num_scales
         flip_scales = inputs.integer("flipped scales", flip_scales, 1, K)
         fraction = inputs.number("flip fraction", fraction, 0.0, 1.0)
-        result = explorer.tokenizer_self_correction(
-            self.pipe, img, aspect_ratio, flip_scales, fraction, inputs.seed(seed)
+        result = explorer.tokenizer_self_correction(codec, img, aspect_ratio, flip_scales, fraction, inputs.seed(seed))
+        sheet = contact_sheet(
+            [r.images for r in result.series.values()],
+            [[f"{label} · {p:.1f} dB" for label, p in zip(grid_labels(schedule.scales), r.psnr_input)]
+             for r in result.series.values()],
+            schedule.pixel_hw, titles=[name.replace(", ", ",\n") for name in result.series],
         )
-        galleries = [
-            [(cached(enlarge(im)), f"scale {k + 1}: {p:.1f} dB") for k, (im, p) in enumerate(zip(r.images, r.psnr))]
-            for r in result.series.values()
-        ]
-        table = per_scale_table({name: r.psnr for name, r in result.series.items()}, "PSNR (dB)")
-        final = {name: r.psnr[-1] for name, r in result.series.items()}
+        table = per_scale_table({name: r.feature_error for name, r in result.series.items()}, "|f - F_k| / |f|")
+        rows = "\n".join(
+            f"| {name} | {r.psnr_input[-1]:.2f} dB | {'-' if name == explorer.CLEAN else f'{r.psnr_clean[-1]:.2f} dB'}"
+            f" | {r.feature_error[-1]:.3f} |"
+            for name, r in result.series.items()
+        )
         text = (
-            f"Flipped {sum(result.flipped):,} bits ({fraction:.0%}) in scales 1-{flip_scales} of {K}. Final PSNR: "
-            + ", ".join(f"{name} {p:.2f} dB" for name, p in final.items())
-            + ". Re-quantization lets the later scales correct the flips (Algorithm 4)."
+            f"Tokenizer: {codec.label}. Flipped {sum(result.flipped):,} bits ({fraction:.0%}) in scales "
+            f"1-{flip_scales} of {K}; the tiles are labelled with their PSNR against the input.\n\n"
+            "| after the last scale | PSNR vs input | PSNR vs clean encoding | feature error ‖f - F_K‖ / ‖f‖ |\n"
+            f"|---|---|---|---|\n{rows}\n\n{explorer.verdict(result).text}"
         )
-        return *galleries, table, text
+        return sheet, table, text
 
     @user_errors
     def self_correction_generation(self, prompt, aspect_ratio, seed, scale, fraction):
@@ -251,37 +277,50 @@ class Handlers:
     # ---- 4. tokenizer ----
 
     @user_errors
-    def tokenize(self, image, aspect_ratio):
-        """The image's reconstruction after every scale, with PSNR."""
+    def tokenize(self, image, aspect_ratio, tokenizer):
+        """The image's reconstruction after every scale, with PSNR: with one tokenizer, or with every one on the
+        same image (one row each)."""
         img = inputs.read_image(image)
-        aspect_ratio = self._aspect_ratio(aspect_ratio, img)
-        schedule = self.pipe.schedule(aspect_ratio)
-        fitted, rec = explorer.reconstruct(self.pipe, img, aspect_ratio)
-        gallery = [(cached(enlarge(fitted)), "input (resized and cropped)")] + [
-            (cached(enlarge(im)), f"scale {k + 1}: {_grid(*schedule.scales[k])}, {p:.2f} dB")
-            for k, (im, p) in enumerate(zip(rec.images, rec.psnr))
-        ]
-        H, W = schedule.pixel_hw
-        text = (
-            f"Aspect ratio {aspect_ratio} ({W}x{H} px), {schedule.num_scales} scales: PSNR {rec.psnr[0]:.2f} dB "
-            f"after the first, {rec.psnr[-1]:.2f} dB after the last."
-        )
-        return gallery, per_scale_table({"reconstruction": rec.psnr}, "PSNR (dB)"), text
+        labels = inputs.choice("tokenizer", tokenizer, [*self.tokenizers.choices, ALL_TOKENIZERS])
+        codecs = [self.tokenizers.get(t) for t in (self.tokenizers.choices if labels == ALL_TOKENIZERS else [labels])]
+        aspect = self._upload_aspect_ratio(aspect_ratio)
+        rows, tile_labels, titles, series, lines = [], [], [], {}, []
+        for codec in codecs:
+            name = codec.aspect_ratio(aspect, img)
+            schedule = codec.schedules[name]
+            fitted, rec = explorer.reconstruct(codec, img, name)
+            bits = codec.tokenizer.bits
+            rows.append([fitted, *rec.images])
+            tile_labels.append(["input (resized, cropped)"] + [
+                f"{label} · {p:.1f} dB" for label, p in zip(grid_labels(schedule.scales), rec.psnr)])
+            titles.append(f"{codec.label}\n{bits} bits per token")
+            series[f"{codec.label}"] = rec.psnr
+            H, W = schedule.pixel_hw
+            lines.append(f"{codec.label} ({bits} bits per token): aspect ratio {name} ({W}x{H} px), "
+                         f"{schedule.num_scales} scales, PSNR {rec.psnr[0]:.2f} dB after the first, "
+                         f"{rec.psnr[-1]:.2f} dB after the last.")
+        sheet = contact_sheet(rows, tile_labels, codecs[0].schedules[codecs[0].aspect_ratio(aspect, img)].pixel_hw,
+                              titles=titles if len(codecs) > 1 else None)
+        return sheet, per_scale_table(series, "PSNR (dB)"), "\n\n".join(lines)
 
     # ---- 5. variations ----
 
     @user_errors
     def variations(self, source, image, aspect_ratio, keep_scales, count, prompt, seed, randomize_seed, record):
         """Keep the first k scales of the last result (or of an uploaded image) and resample the rest, streaming
-        one image per seed. Each update: (gallery, status)."""
+        one image per seed. An empty prompt means the last generated prompt, for either source. Each update:
+        (contact sheet of the kept scales and the variations, status)."""
         source = inputs.choice("source", source, ["last result", "uploaded image"])
-        prompt = inputs.prompt_text(prompt, required=source == "uploaded image")
-        if source == "last result":
+        prompt = inputs.prompt_text(prompt, required=False).strip()
+        if source == "last result" and record is None:
+            raise ValueError("Generate an image first, or choose 'uploaded image' as the source.")
+        if not prompt:
             if record is None:
-                raise ValueError("Generate an image first, or choose 'uploaded image' as the source.")
+                raise ValueError("Enter a prompt: it is empty, and there is no generated image to take one from.")
+            prompt = record.prompt
+        if source == "last result":
             aspect_ratio, bits = record.aspect_ratio, record.bits
             options = {**record.options, "negative_prompt": record.negative_prompt}
-            prompt = prompt.strip() or record.prompt
         else:
             img = inputs.read_image(image)
             aspect_ratio = self._aspect_ratio(aspect_ratio, img)
@@ -290,17 +329,22 @@ class Handlers:
         keep = inputs.integer("kept scales", keep_scales, 1, K - 1) if K > 1 else 0
         count = inputs.integer("number of variations", count, 1, MAX_VARIATIONS)
         first = self._seed(seed, randomize_seed)
-        seeds = [(first + i) % (inputs.MAX_UI_SEED + 1) for i in range(count)]
+        seeds = [(first + i) % (inputs.MAX_SEED + 1) for i in range(count)]
 
         start = time.perf_counter()
-        gallery = [(cached(enlarge(self._prefix_image(bits[:keep], aspect_ratio))), f"kept: scales 1-{keep}")]
-        yield list(gallery), f"Kept {keep}/{K} scales; sampling {count} variations..."
+        hw = self.pipe.schedule(aspect_ratio).pixel_hw
+        labels = [[f"kept: scales 1-{keep}", *(f"seed {s}" for s in seeds)]]
+        tiles = [self._prefix_image(bits[:keep], aspect_ratio)]
+        notice = self.notice(prompt)
+        notice = f"\n\n{notice}" if notice else ""
+        yield cached(contact_sheet([tiles], labels, hw)), f"Kept {keep}/{K} scales; sampling {count} variations...{notice}"
         images = explorer.variations(self.pipe, bits[:keep], prompt, seeds, aspect_ratio=aspect_ratio, **options)
-        for i, (s, img) in enumerate(zip(seeds, images)):
-            gallery.append((cached(enlarge(img)), f"seed {s}"))
-            yield list(gallery), f"{i + 1}/{count} variations · {time.perf_counter() - start:.1f} s"
-        yield list(gallery), (f"Done: {count} variations of scales {keep + 1}-{K} with seeds {seeds[0]}-{seeds[-1]}, "
-                              f"prompt '{prompt[:80]}' · {time.perf_counter() - start:.2f} s")
+        for i, img in enumerate(images):
+            tiles.append(img)
+            sheet = cached(contact_sheet([tiles], labels, hw))
+            yield sheet, f"{i + 1}/{count} variations · {time.perf_counter() - start:.1f} s{notice}"
+        yield sheet, (f"Done: {count} variations of scales {keep + 1}-{K} with seeds {seeds[0]}-{seeds[-1]}, "
+                      f"prompt '{prompt[:80]}' · {time.perf_counter() - start:.2f} s{notice}")
 
     @torch.no_grad()
     def _prefix_image(self, bits: list[torch.Tensor], aspect_ratio: str) -> Image.Image:

@@ -15,9 +15,7 @@ from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from ..options import MAX_PROMPT_CHARS
-
-MAX_UI_SEED = 2**53 - 1  # the largest integer a JSON number (a JavaScript double) carries exactly
+from ..options import MAX_PROMPT_CHARS, MAX_SEED
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels: any photo; larger is refused before its pixels are decoded
 
 
@@ -63,7 +61,7 @@ def integer(name: str, value, low: int, high: int) -> int:
 
 
 def seed(value) -> int:
-    return integer("seed", value, 0, MAX_UI_SEED)
+    return integer("seed", value, 0, MAX_SEED)
 
 
 def flag(name: str, value) -> bool:

@@ -88,14 +88,16 @@ def residual_image(before: Image.Image | None, after: Image.Image) -> tuple[Imag
     return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8)), peak
 
 
+DIFFERENCE_FULL_SCALE = 64.0  # |difference| (0..255) drawn at full brightness: a fixed scale, so tiny ones stay dark
+
+
 def difference_map(a: Image.Image, b: Image.Image) -> tuple[Image.Image, float]:
-    """|a - b| averaged over the colour channels, coloured (black = equal; full scale = the largest difference).
-    Returns the map and the mean absolute difference (0..255)."""
+    """|a - b| averaged over the colour channels, coloured on a fixed scale (black = equal, full brightness =
+    DIFFERENCE_FULL_SCALE or more). Returns the map and the mean absolute difference (0..255)."""
     if a.size != b.size:
         raise ValueError(f"images differ in size: {a.size} and {b.size}")
     diff = np.abs(np.asarray(a.convert("RGB"), np.float32) - np.asarray(b.convert("RGB"), np.float32)).mean(-1)
-    peak = float(diff.max())
-    return Image.fromarray(colormap(diff / peak if peak > 0 else diff)), float(diff.mean())
+    return Image.fromarray(colormap(diff / DIFFERENCE_FULL_SCALE)), float(diff.mean())
 
 
 def psnr_db(a: Image.Image, b: Image.Image) -> float:

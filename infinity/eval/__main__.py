@@ -4,6 +4,7 @@
     python -m infinity.eval shapes --tokenizer runs/tok/tokenizer.safetensors   # PSNR + parser on reconstructions
     python -m infinity.eval shapes --weights assets/embedded --teacher-forced   # bit errors per scale
     python -m infinity.eval tokenizer --weights A.safetensors B.safetensors --images DIR   # vs JPEG, thumbnail
+    python -m infinity.eval diversity --weights assets/embedded         # do seeds change the images?
 """
 from __future__ import annotations
 
@@ -16,8 +17,23 @@ from pathlib import Path
 from ..checkpoints import CheckpointError, load_model
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import shapes_schedules
+from .diversity import evaluate_diversity, open_background_scenes
 from .shapes import errors_table, evaluate_pipeline, evaluate_tokenizer, evaluation_scenes, teacher_forced_errors
 from .tokenizers import evaluate as evaluate_tokenizers, results_table, write_results
+
+
+def _sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
+    p.add_argument("--tau", type=float, default=None, help="temperature (default: the model's)")
+    p.add_argument("--cfg-schedule", type=float, nargs="+", default=None, metavar="CFG",
+                   help="one guidance weight per scale, coarse to fine (replaces --cfg)")
+    p.add_argument("--tau-schedule", type=float, nargs="+", default=None, metavar="TAU",
+                   help="one temperature per scale, coarse to fine (replaces --tau)")
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("cfg", args.cfg), ("tau", args.tau), ("cfg_schedule", args.cfg_schedule),
+                              ("tau_schedule", args.tau_schedule)) if v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, nargs=3, default=(31, 50, 50), metavar=("ONE", "TWO", "THREE"),
                    help="held-out scenes with 1, 2 and 3 objects (default: 31 50 50; 31 is every held-out single object)")
     p.add_argument("--aspect-ratio", default="1:1", help="(default: %(default)s)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
-    p.add_argument("--tau", type=float, default=None, help="temperature (default: the model's)")
-    p.add_argument("--cfg-schedule", type=float, nargs="+", default=None, metavar="CFG",
-                   help="one guidance weight per scale, coarse to fine (replaces --cfg)")
-    p.add_argument("--tau-schedule", type=float, nargs="+", default=None, metavar="TAU",
-                   help="one temperature per scale, coarse to fine (replaces --tau)")
+    _sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--given-scales", type=int, default=0,
                    help="take the first scales from the ground truth's tokens and sample the rest: where do the "
@@ -70,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     r.add_argument("--device", default="cpu", help="(default: %(default)s)")
     r.add_argument("--json", default=None, help="also write the points to this file")
+    v = sub.add_parser("diversity", help="the spread of images over seeds, for captions that leave the background open")
+    v.add_argument("--weights", default=None, help="a pipeline folder; default: the embedded model")
+    v.add_argument("--prompts", type=int, default=8, help="held-out one-object captions (default: %(default)s)")
+    v.add_argument("--seeds", type=int, default=6, help="seeds per caption (default: %(default)s)")
+    v.add_argument("--aspect-ratio", default="1:1", help="(default: %(default)s)")
+    _sampling_arguments(v)
+    v.add_argument("--seed", type=int, default=0, help="the first seed (default: %(default)s)")
+    v.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    v.add_argument("--json", default=None, help="also write the figures to this file")
     return parser
 
 
@@ -87,6 +107,21 @@ def recovery(args: argparse.Namespace) -> int:
     return 0
 
 
+def diversity(args: argparse.Namespace) -> int:
+    from ..pipeline import InfinityPipeline
+
+    pipe = InfinityPipeline.from_pretrained(args.weights, device=args.device)
+    sampling = _sampling(args)
+    result = evaluate_diversity(pipe, open_background_scenes(args.prompts), args.seeds, args.aspect_ratio, args.seed,
+                                **sampling)
+    title = (f"diversity of {args.weights or 'the embedded model'} over seeds ({args.aspect_ratio}, "
+             f"{sampling or 'defaults'})")
+    print(result.table(title))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"title": title, **result.to_dict()}, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -99,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "recovery":
             return recovery(args)
+        if args.command == "diversity":
+            return diversity(args)
         scenes = evaluation_scenes({n + 1: c for n, c in enumerate(args.count) if c > 0}, args.seed, args.split)
         if args.teacher_forced and args.tokenizer:
             raise ValueError("--teacher-forced scores a pipeline's transformer: give --weights, not --tokenizer")
@@ -126,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..pipeline import InfinityPipeline
 
             pipe = InfinityPipeline.from_pretrained(args.weights, device=args.device)
-            sampling = {k: v for k, v in (("cfg", args.cfg), ("tau", args.tau), ("cfg_schedule", args.cfg_schedule),
-                                          ("tau_schedule", args.tau_schedule)) if v is not None}
+            sampling = _sampling(args)
             scores = evaluate_pipeline(pipe, scenes, args.aspect_ratio, args.seed, args.given_scales, **sampling)
             title = f"prompt adherence of {args.weights or 'the embedded model'} on held-out prompts ({args.aspect_ratio}, {sampling or 'defaults'})"
             if args.given_scales:
