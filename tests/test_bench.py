@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from infinity.bench import __main__ as bench_cli
-from infinity.bench.flops import decode_flops, transformer_flops
+from infinity.bench.flops import decode_flops, prompt_tokens, transformer_flops
 from infinity.bench.harness import STAGE_NAMES, StageClock, Timings, Run
 from infinity.bench.models import RandomTokens, build, fill_random_, random_model
 from infinity.pipeline import PROMPT_CACHE_SIZE
 from infinity.sampling import STAGES, decode_preview, preview_grid, sample_scales
 from infinity.schedules import Schedule, get_schedule
+from infinity.text import T5TextEncoder
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
 from infinity.transformer import Infinity, TransformerConfig
 
@@ -276,6 +277,16 @@ def test_random_tokens_pad_like_the_t5_path():
     assert padded["input_ids"].shape == (2, 10) and padded["attention_mask"].sum(dim=1).tolist() == [6, 6]
     assert (padded["input_ids"][:, 5] == 1).all() and (padded["input_ids"][:, 6:] == 0).all()
     assert tokens(["a"], max_length=4, padding="longest")["input_ids"].shape == (1, 4)
+
+
+def test_bench_t5_runs_at_the_prompts_length():
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    encoder = T5TextEncoder(RandomTokens(num_tokens=6, vocab_size=100), T5EncoderModel(config))
+    assert prompt_tokens(encoder, "a prompt") == (6, 6)  # what the FLOP count and the encoder run over
+    text_BTE, lens_B = encoder.encode(["a prompt"])
+    assert text_BTE.shape == (1, 6, 32) and lens_B.tolist() == [6]
 
 
 # ---- benchmarks/h100_vs_official.py ----

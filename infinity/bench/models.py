@@ -67,7 +67,8 @@ def random_model(build, device: torch.device, dtype: torch.dtype, seed: int = 0)
 
 class RandomTokens:
     """Stands in for a T5 tokenizer: every prompt becomes `num_tokens` random ids ending with EOS (id 1), padded
-    with 0 as asked (`padding="max_length"` pads to max_length, as the official T5 path does)."""
+    with 0 as asked (`padding="max_length"` pads to max_length, as the official T5 path does; "longest" not at
+    all, as our T5 path runs)."""
 
     def __init__(self, num_tokens: int, vocab_size: int, seed: int = 0):
         if num_tokens < 1:
@@ -146,8 +147,8 @@ def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens
     pipe = InfinityPipeline(tokenizer, transformer, encoder, schedules, model.defaults, name, device, dtype)
     notes = [
         f"official weights not found: random weights of the {model.title} shapes",
-        f"text encoder: a Flan-T5-XL-sized T5 encoder with random weights, {prompt_tokens} random tokens per prompt "
-        f"(padded to {encoder.max_length} as the official code does)",
+        f"text encoder: a Flan-T5-XL-sized T5 encoder with random weights over {prompt_tokens} random tokens per "
+        f"prompt (the prompt's length; the official code pads to {encoder.max_length})",
     ]
     return BenchModel(pipe, "random", notes)
 
