@@ -15,6 +15,7 @@ from infinity.bench.flops import decode_flops, prompt_tokens, transformer_flops
 from infinity.bench.harness import STAGE_NAMES, StageClock, Timings, Run
 from infinity.bench.models import RandomTokens, build, fill_random_, random_model
 from infinity.pipeline import PROMPT_CACHE_SIZE
+from infinity.precision import cpu_model
 from infinity.sampling import STAGES, decode_preview, preview_grid, sample_scales
 from infinity.schedules import Schedule, get_schedule
 from infinity.text import T5TextEncoder
@@ -59,6 +60,8 @@ def bench_json(tmp_path_factory):
 def test_bench_json_has_the_documented_schema(bench_json):
     assert bench_json["preset"] == "shapes-tiny" and bench_json["device"] == "cpu"
     assert bench_json["weights"] == "random" and bench_json["runs_count"] == 3 and len(bench_json["runs"]) == 3
+    assert bench_json["dtype"] == "float32" and bench_json["cpu_model"] == cpu_model() != ""
+    assert len(bench_json["load_average"]) == 3  # what else ran on the machine, beside the figures
     assert isinstance(bench_json["median_s"], float) and bench_json["median_s"] > 0
     assert isinstance(bench_json["peak_memory_bytes"], int) and bench_json["peak_memory_bytes"] > 0
     K = len(bench_json["schedule"])
@@ -113,6 +116,15 @@ def test_bench_cli_refuses_cuda_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         bench_cli.parse_args(["--device", "cuda"])
     assert "this machine has no usable CUDA GPU; use --device cpu" in capsys.readouterr().err
+
+
+def test_bench_int8_runs_quantized_blocks(tmp_path):
+    path = tmp_path / "int8.json"
+    argv = ["--preset", "shapes-tiny", "--device", "cpu", "--threads", "1", "--runs", "1", "--dtype", "int8",
+            "--json", str(path)]
+    assert bench_cli.main(argv) == 0
+    result = json.loads(path.read_text())
+    assert result["dtype"] == "int8" and any("int8" in note for note in result["notes"])
 
 
 def test_bench_cli_unknown_aspect_ratio_is_one_line(capsys):

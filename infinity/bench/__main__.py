@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..precision import INT8, cpu_model
 from ..schedules import BUDGETS
 from .flops import image_flops
 from .harness import Timings, benchmark, matmul_gflops, process_peak_rss
@@ -32,8 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m infinity.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESETS, default="embedded")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="transformer dtype; auto: bf16 for the released models on CUDA (as official), else fp32")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES, INT8], default="auto",
+                        help="of the transformer's blocks; auto: bf16 for the released models on CUDA (as official) "
+                             "and on CPUs with native bf16, else fp32; int8: fp32 with int8 Linear layers (CPU)")
     parser.add_argument("--budget", choices=list(BUDGETS), default=None,
                         help="pixel budget of the released models' schedules (default 1M)")
     parser.add_argument("--aspect-ratio", default="1:1")
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup = 2 if args.runs > 1 else 0
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.dtype == INT8 and device.type != "cpu":
+        parser.error(f"--dtype int8 runs on the CPU only, not on {device}")
     if args.threads is not None and (args.threads < 1 or device.type != "cpu"):
         parser.error(f"--threads needs a positive count and --device cpu, got {args.threads} on {device}")
     if args.prompt_tokens < 1:
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    dtype = None if args.dtype == "auto" else DTYPES[args.dtype]
+    dtype = None if args.dtype == "auto" else DTYPES.get(args.dtype, args.dtype)
     model = build(args.preset, args.device, dtype, args.budget, args.prompt_tokens)
     pipe = model.pipe
     schedule = pipe.schedule(args.aspect_ratio)
@@ -113,7 +117,9 @@ def _run(args: argparse.Namespace) -> dict:
         "preset": args.preset,
         "device": args.device.type,
         "device_name": pipe.device_name,
-        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "cpu_model": cpu_model(),
+        "load_average": _load_average(),
+        "dtype": pipe.precision,
         "threads": torch.get_num_threads() if args.device.type == "cpu" else None,
         "torch": torch.__version__,
         "weights": model.weights,
@@ -154,10 +160,18 @@ def _run(args: argparse.Namespace) -> dict:
     return result
 
 
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages when the run ended: other work on a shared machine shows here."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def format_table(result: dict) -> str:
     """The results as the text table the command prints."""
     stages, total = result["stages"], result["median_s"]
-    where = result["device_name"] + (f", threads: {result['threads']}" if result["threads"] else "")
+    where = (result["cpu_model"] if result["device"] == "cpu" else result["device_name"]) + (f", threads: {result['threads']}" if result["threads"] else "")
     h, w = result["image_hw"]
     lines = [
         f"{result['preset']} ({result['weights']} weights), {where}, {result['dtype']}, {result['aspect_ratio']} "

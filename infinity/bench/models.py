@@ -18,6 +18,7 @@ from torch import nn
 from ..official import OFFICIAL_MODELS, WeightsNotFoundError, official_schedules
 from ..options import SamplingDefaults
 from ..pipeline import EMBEDDED_DIR, InfinityPipeline
+from ..precision import INT8, auto_dtype, cast_blocks_
 from ..text import MiniLMTextEncoder, T5TextEncoder
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import RECIPES
@@ -57,10 +58,11 @@ def fill_random_(module: nn.Module, generator: torch.Generator, std: float = 0.0
     return module
 
 
-def random_model(build, device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
-    """`build()` on the meta device, then storage on `device` in `dtype` and random values: one copy, ever."""
+def random_model(build, device: torch.device, dtype: torch.dtype | None, seed: int = 0) -> nn.Module:
+    """`build()` on the meta device, then storage on `device` in `dtype` (None: the dtypes `build` gave) and
+    random values: one copy, ever."""
     with torch.device("meta"):
-        module = build().to(dtype)
+        module = build() if dtype is None else build().to(dtype)
     module.to_empty(device=device)
     return fill_random_(module, torch.Generator(device).manual_seed(seed)).eval().requires_grad_(False)
 
@@ -101,19 +103,25 @@ def random_t5_xl(device: torch.device, num_tokens: int = PROMPT_TOKENS, seed: in
 def build(
     preset: str,
     device: torch.device,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     budget: str | None = None,
     prompt_tokens: int = PROMPT_TOKENS,
 ) -> BenchModel:
-    """The pipeline of `preset` on `device`. dtype: default bf16 for the released models on CUDA, else fp32.
-    budget: pixel budget of the released models' schedules (default their own, 1M)."""
+    """The pipeline of `preset` on `device`. dtype: of the transformer's blocks, or "int8" (fp32 with int8 Linear
+    layers, CPU); default `precision.auto_dtype`. budget: pixel budget of the released models' schedules (default
+    their own, 1M)."""
+    if dtype == INT8:
+        model = build(preset, device, torch.float32, budget, prompt_tokens)
+        model.pipe.quantize_int8()
+        model.notes.append("int8: the transformer blocks' Linear layers dynamically quantized (torch.ao)")
+        return model
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if budget is not None and preset not in OFFICIAL_MODELS:
         raise ValueError(f"--budget applies to the released models ({', '.join(OFFICIAL_MODELS)}), not {preset}")
     if preset in OFFICIAL_MODELS:
         return _official(preset, device, dtype, budget or OFFICIAL_MODELS[preset].budget, prompt_tokens)
-    dtype = dtype or torch.float32
+    dtype = dtype or auto_dtype(device, released=False)
     if preset == "embedded" and EMBEDDED_DIR.is_dir():
         pipe = InfinityPipeline.from_pretrained(None, device=device, dtype=dtype)
         return BenchModel(pipe, f"loaded from {EMBEDDED_DIR}")
@@ -128,7 +136,7 @@ def build(
 
 def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens: int) -> BenchModel:
     model = OFFICIAL_MODELS[name]
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or auto_dtype(device, released=True)
     try:
         loaded = InfinityPipeline.from_pretrained(name, device=device, dtype=dtype, local_files_only=True)
     except (WeightsNotFoundError, RuntimeError) as err:  # weights or Flan-T5 not on this machine
@@ -141,7 +149,7 @@ def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens
         return BenchModel(pipe, "loaded (official weights, Flan-T5-XL)")
     _check_memory(device, model, dtype)
     tokenizer = random_model(lambda: BitwiseTokenizer(model.tokenizer), device, torch.float32)
-    transformer = random_model(lambda: Infinity(model.transformer), device, dtype)
+    transformer = random_model(lambda: cast_blocks_(Infinity(model.transformer), dtype), device, None)
     encoder = random_t5_xl(device, prompt_tokens)
     schedules = official_schedules(budget)
     pipe = InfinityPipeline(tokenizer, transformer, encoder, schedules, model.defaults, name, device, dtype)
@@ -166,7 +174,7 @@ def _check_memory(device: torch.device, model, dtype: torch.dtype) -> None:
 
     with torch.device("meta"):
         t5 = T5EncoderModel(T5Config(**FLAN_T5_XL_SIZES, is_encoder_decoder=False))
-        needed = parameter_bytes(Infinity(model.transformer).to(dtype), BitwiseTokenizer(model.tokenizer), t5)
+        needed = parameter_bytes(cast_blocks_(Infinity(model.transformer), dtype), BitwiseTokenizer(model.tokenizer), t5)
     if needed > available:
         raise ValueError(
             f"{model.title} in {str(dtype).removeprefix('torch.')} with a T5-XL encoder needs {needed / 2**30:.1f} GiB "

@@ -200,8 +200,9 @@ class SelfAttention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, l, _ = x_BlC.shape
+        # Called as a module (not F.linear on its weight) so that a quantized mat_qkv (precision.py) runs too.
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x_BlC, self.mat_qkv.weight, bias).view(B, l, 3, self.num_heads, -1)
+        qkv = (self.mat_qkv(x_BlC) + bias).view(B, l, 3, self.num_heads, -1)
         q_BNlc, k_BNlc, v_BNlc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         # Cosine attention: unit q and k, logits = learned per-head scale * cos(q, k); softmax scale 1.
         scale_mul = self.scale_mul_1H11.clamp_max(math.log(SCALE_MUL_MAX)).exp()
