@@ -10,7 +10,7 @@ from infinity.transformer.blocks import attention, attention_backend, set_attent
 
 @pytest.fixture(autouse=True)
 def no_choice(monkeypatch):
-    monkeypatch.delenv(blocks.ATTENTION_ENV)
+    monkeypatch.delenv(blocks.ATTENTION_ENV, raising=False)
     monkeypatch.setattr(blocks, "_proven", set())
     monkeypatch.setattr(blocks, "_broken", set())
     set_attention_backend(None)
