@@ -27,6 +27,9 @@ from .models import PRESETS, PROMPT_TOKENS, build, parameter_bytes
 
 DEFAULT_PROMPT = "a red cube to the left of a blue ball, on a wooden table"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.compile of every transformer block: "default" (Inductor kernels) or "reduce-overhead" (the same, replayed
+# as CUDA graphs); the first images pay for compiling, so use --warmup.
+COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed images first (default 2; 0 with --runs 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                        help="torch.compile every transformer block (reduce-overhead: with CUDA graphs)")
     parser.add_argument("--previews", action="store_true",
                         help="also time the stream with a preview at every scale and report what previews add")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -95,6 +100,9 @@ def _run(args: argparse.Namespace) -> dict:
     dtype = None if args.dtype == "auto" else DTYPES.get(args.dtype, args.dtype)
     model = build(args.preset, args.device, dtype, args.budget, args.prompt_tokens)
     pipe = model.pipe
+    if args.compile != "off":
+        for block in pipe.transformer.blocks:
+            block.compile(mode=args.compile, dynamic=True)  # one graph for every scale's token count
     schedule = pipe.schedule(args.aspect_ratio)
     cfg = pipe.defaults.cfg if args.cfg is None else args.cfg
 
@@ -131,6 +139,7 @@ def _run(args: argparse.Namespace) -> dict:
         "prompt": args.prompt,
         "runs_count": args.runs,
         "warmup": args.warmup,
+        "compile": args.compile,
         "median_s": timings.median_s,
         "stages": stages,
         "runs": [{"total_s": r.total_s, "stages": r.stages} for r in timings.runs],
@@ -176,7 +185,7 @@ def format_table(result: dict) -> str:
     lines = [
         f"{result['preset']} ({result['weights']} weights), {where}, {result['dtype']}, {result['aspect_ratio']} "
         f"{h}x{w} ({len(result['schedule'])} scales), cfg {result['cfg']}: median of {result['runs_count']} runs "
-        f"after {result['warmup']} warm-up",
+        f"after {result['warmup']} warm-up" + (f", torch.compile {result['compile']}" if result["compile"] != "off" else ""),
         *(f"  note: {note}" for note in result["notes"]),
         f"{'stage':<28}{'median ms':>10}{'share':>8}",
     ]
