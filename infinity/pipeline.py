@@ -236,7 +236,7 @@ class InfinityPipeline:
         The pipeline must be fp32 on the CPU. Returns the pipeline."""
         if self.device.type != "cpu" or self.dtype != torch.float32:
             raise ValueError(f"int8 needs an fp32 pipeline on the CPU, this one is {self.dtype} on {self.device}")
-        quantize_int8_(self.transformer)
+        quantize_int8_(self.transformer.blocks)
         return self
 
     @property

@@ -106,19 +106,20 @@ def autocast_events(events: Iterator, device: torch.device, dtype: torch.dtype) 
         events.close()
 
 
-def quantize_int8_(model: nn.Module) -> nn.Module:
-    """The blocks' Linear layers as dynamically quantized int8 (CPU only), in place; the model must be fp32.
+def quantize_int8_(blocks: nn.Module) -> nn.Module:
+    """The Linear layers of `blocks` (the model's blocks, or one block) as dynamically quantized int8, in place;
+    fp32 on the CPU only. One block at a time keeps a single fp32 block in memory while building a large model.
 
     The cross-attention's text key/value projections (`mat_kv`, run once per prompt) are left in fp32: the
-    sampler reads their weight directly.
+    cross-attention reads their weight directly.
     """
-    if compute_dtype(model) != torch.float32 or any(p.device.type != "cpu" for p in model.parameters()):
-        raise ValueError("int8 quantization takes an fp32 model on the CPU")
-    names = {name for name, m in model.blocks.named_modules() if isinstance(m, nn.Linear) and "mat_kv" not in name}
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in blocks.parameters()):
+        raise ValueError("int8 quantization takes fp32 blocks on the CPU")
+    names = {name for name, m in blocks.named_modules() if isinstance(m, nn.Linear) and "mat_kv" not in name}
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
         warnings.simplefilter("ignore")
-        torch.ao.quantization.quantize_dynamic(model.blocks, names, dtype=torch.qint8, inplace=True)
-    return model
+        torch.ao.quantization.quantize_dynamic(blocks, names, dtype=torch.qint8, inplace=True)
+    return blocks
 
 
 def precision_name(model: nn.Module) -> str:

@@ -349,3 +349,26 @@ def test_flash_attn_stand_in_matches_per_prompt_attention(h100_script):
         assert torch.allclose(out[b * Lq : (b + 1) * Lq], expected.transpose(0, 1), atol=1e-6)
     dense = flash.flash_attn_func(q.view(2, Lq, H, c), q.view(2, Lq, H, c), q.view(2, Lq, H, c), softmax_scale=0.3)
     assert dense.shape == (2, Lq, H, c)
+
+
+def test_int8_random_transformer_is_built_quantized_block_by_block():
+    from infinity.bench.models import parameter_bytes, random_int8_transformer
+
+    model = random_int8_transformer(TINY)
+    linears = [n for n, m in model.blocks.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all("mat_kv" in n for n in linears)  # every other Linear of the blocks is int8
+    fp32 = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32)
+    quantized = sum(m.weight.numel() for n, m in fp32.blocks.named_modules()
+                    if isinstance(m, torch.nn.Linear) and "mat_kv" not in n)
+    assert parameter_bytes(model) == parameter_bytes(fp32) - 3 * quantized
+    text = model.encode_text(torch.randn(2, 5, TINY.text_channels), torch.tensor([5, 3]))
+    logits = model.step(0, None, text, model.new_cache(2, SCHEDULE), SCHEDULE)
+    assert logits.shape == (2, 1, TINY.vocab) and torch.isfinite(logits).all()
+
+
+def test_int8_memory_check_counts_one_byte_per_quantized_weight(monkeypatch):
+    from infinity.bench import models
+
+    monkeypatch.setattr(models, "_available_ram", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"Infinity-8B in int8 with a T5-XL encoder needs (9|1\d)\.\d GiB"):
+        models.build("infinity-8b", torch.device("cpu"), "int8", budget="0.06M")

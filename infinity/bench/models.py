@@ -18,7 +18,7 @@ from torch import nn
 from ..official import OFFICIAL_MODELS, WeightsNotFoundError, official_schedules
 from ..options import SamplingDefaults
 from ..pipeline import EMBEDDED_DIR, InfinityPipeline
-from ..precision import INT8, auto_dtype, cast_blocks_
+from ..precision import INT8, auto_dtype, cast_blocks_, quantize_int8_
 from ..text import MiniLMTextEncoder, T5TextEncoder
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import RECIPES
@@ -110,7 +110,7 @@ def build(
     """The pipeline of `preset` on `device`. dtype: of the transformer's blocks, or "int8" (fp32 with int8 Linear
     layers, CPU); default `precision.auto_dtype`. budget: pixel budget of the released models' schedules (default
     their own, 1M)."""
-    if dtype == INT8:
+    if dtype == INT8 and preset not in OFFICIAL_MODELS:
         model = build(preset, device, torch.float32, budget, prompt_tokens)
         model.pipe.quantize_int8()
         model.notes.append("int8: the transformer blocks' Linear layers dynamically quantized (torch.ao)")
@@ -134,9 +134,25 @@ def build(
     return BenchModel(pipe, "random", notes)
 
 
+def random_int8_transformer(config, seed: int = 0) -> Infinity:
+    """A random fp32 transformer whose blocks are made and quantized to int8 one at a time (CPU): never more
+    than one fp32 block in memory, so an 8B model needs its int8 size (~9 GB), not its fp32 size (33 GB)."""
+    with torch.device("meta"):
+        model = Infinity(config)
+    blocks, model.blocks = model.blocks, nn.ModuleList()
+    generator = torch.Generator().manual_seed(seed)
+    fill_random_(model.to_empty(device="cpu"), generator)
+    for block in blocks:
+        quantize_int8_(fill_random_(block.to_empty(device="cpu"), generator))
+    model.blocks = blocks
+    return model.eval().requires_grad_(False)
+
+
 def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens: int) -> BenchModel:
     model = OFFICIAL_MODELS[name]
     dtype = dtype or auto_dtype(device, released=True)
+    int8 = dtype == INT8
+    dtype = torch.float32 if int8 else dtype
     try:
         loaded = InfinityPipeline.from_pretrained(name, device=device, dtype=dtype, local_files_only=True)
     except (WeightsNotFoundError, RuntimeError) as err:  # weights or Flan-T5 not on this machine
@@ -146,10 +162,13 @@ def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens
             loaded.tokenizer, loaded.transformer, loaded.text_encoder, official_schedules(budget), loaded.defaults,
             name, device, dtype, offload_text_encoder=loaded.offload_text_encoder,
         )
-        return BenchModel(pipe, "loaded (official weights, Flan-T5-XL)")
-    _check_memory(device, model, dtype)
+        return BenchModel(pipe.quantize_int8() if int8 else pipe, "loaded (official weights, Flan-T5-XL)")
+    _check_memory(device, model, INT8 if int8 else dtype)
     tokenizer = random_model(lambda: BitwiseTokenizer(model.tokenizer), device, torch.float32)
-    transformer = random_model(lambda: cast_blocks_(Infinity(model.transformer), dtype), device, None)
+    if int8:
+        transformer = random_int8_transformer(model.transformer)
+    else:
+        transformer = random_model(lambda: cast_blocks_(Infinity(model.transformer), dtype), device, None)
     encoder = random_t5_xl(device, prompt_tokens)
     schedules = official_schedules(budget)
     pipe = InfinityPipeline(tokenizer, transformer, encoder, schedules, model.defaults, name, device, dtype)
@@ -157,15 +176,18 @@ def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens
         f"official weights not found: random weights of the {model.title} shapes",
         f"text encoder: a Flan-T5-XL-sized T5 encoder with random weights over {prompt_tokens} random tokens per "
         f"prompt (the prompt's length; the official code pads to {encoder.max_length})",
-    ]
+    ] + (["int8: the blocks' Linear layers dynamically quantized (torch.ao), built one block at a time"] if int8 else [])
     return BenchModel(pipe, "random", notes)
 
 
 def parameter_bytes(*modules: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    """Bytes of the modules' weights, the int8 weights (and fp32 biases) of quantized Linear layers included."""
+    quantized = [q for m in modules for q in m.modules() if isinstance(q, torch.ao.nn.quantized.dynamic.Linear)]
+    packed = sum(q.weight().numel() + (0 if q.bias() is None else 4 * q.bias().numel()) for q in quantized)
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) + packed
 
 
-def _check_memory(device: torch.device, model, dtype: torch.dtype) -> None:
+def _check_memory(device: torch.device, model, dtype: torch.dtype | str) -> None:
     """ValueError before allocating, when the weights alone exceed the RAM available (CPU runs only)."""
     available = _available_ram() if device.type == "cpu" else None
     if available is None:
@@ -174,7 +196,11 @@ def _check_memory(device: torch.device, model, dtype: torch.dtype) -> None:
 
     with torch.device("meta"):
         t5 = T5EncoderModel(T5Config(**FLAN_T5_XL_SIZES, is_encoder_decoder=False))
-        needed = parameter_bytes(cast_blocks_(Infinity(model.transformer), dtype), BitwiseTokenizer(model.tokenizer), t5)
+        transformer = cast_blocks_(Infinity(model.transformer), torch.float32 if dtype == INT8 else dtype)
+        needed = parameter_bytes(transformer, BitwiseTokenizer(model.tokenizer), t5)
+        if dtype == INT8:  # 1 byte instead of 4 for the weights of the Linear layers quantize_int8_ takes
+            linears = [m for n, m in transformer.blocks.named_modules() if isinstance(m, nn.Linear) and "mat_kv" not in n]
+            needed -= 3 * sum(m.weight.numel() for m in linears)
     if needed > available:
         raise ValueError(
             f"{model.title} in {str(dtype).removeprefix('torch.')} with a T5-XL encoder needs {needed / 2**30:.1f} GiB "
