@@ -7,7 +7,9 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from infinity.bench import __main__ as bench_cli
@@ -270,9 +272,10 @@ def test_random_models_are_built_once_with_finite_values():
     model = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32, seed=0)
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
     assert torch.equal(model.text_norm.weight, torch.ones(TINY.text_channels))  # norm scales 1
-    again = fill_random_(random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32, seed=5),
-                         torch.Generator().manual_seed(0))
+    again = fill_random_(random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32, seed=5), 0)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    half = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.bfloat16, seed=0)
+    assert all(torch.equal(a.bfloat16(), b) for a, b in zip(model.parameters(), half.parameters()))  # rounded
 
 
 def test_released_models_are_refused_before_allocating_more_than_the_ram(monkeypatch):
@@ -355,9 +358,13 @@ def test_int8_random_transformer_is_built_quantized_block_by_block():
     from infinity.bench.models import parameter_bytes, random_int8_transformer
 
     model = random_int8_transformer(TINY)
+    fp32 = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32)
+    for name, q in model.blocks.named_modules():  # int8 of the same fp32 weights
+        if isinstance(q, torch.ao.nn.quantized.dynamic.Linear):
+            w = fp32.blocks.get_submodule(name).weight
+            assert (q.weight().dequantize() - w).abs().max() <= w.abs().max() / 127
     linears = [n for n, m in model.blocks.named_modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all("mat_kv" in n for n in linears)  # every other Linear of the blocks is int8
-    fp32 = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32)
     quantized = sum(m.weight.numel() for n, m in fp32.blocks.named_modules()
                     if isinstance(m, torch.nn.Linear) and "mat_kv" not in n)
     assert parameter_bytes(model) == parameter_bytes(fp32) - 3 * quantized
@@ -372,3 +379,34 @@ def test_int8_memory_check_counts_one_byte_per_quantized_weight(monkeypatch):
     monkeypatch.setattr(models, "_available_ram", lambda: 2**30)
     with pytest.raises(ValueError, match=r"Infinity-8B in int8 with a T5-XL encoder needs (9|1\d)\.\d GiB"):
         models.build("infinity-8b", torch.device("cpu"), "int8", budget="0.06M")
+
+
+def test_compare_reports_psnr_and_the_bits_that_differ_per_scale(tmp_path, capsys):
+    from infinity.bench.compare import main, save_outputs
+
+    image = np.full((8, 8, 3), 100, dtype=np.uint8)
+    bits = [torch.zeros(1, 1, 1, 4, dtype=torch.uint8), torch.zeros(1, 2, 2, 4, dtype=torch.uint8)]
+    save_outputs(tmp_path / "a.npz", Image.fromarray(image), bits)
+    other_bits = [bits[0], bits[1].clone()]
+    other_bits[1][0, 0, 0, :2] = 1  # 2 of the 16 bits of scale 1
+    other = image.copy()
+    other[0, 0, 0] = 110  # one value off by 10: MSE 100 / 192
+    save_outputs(tmp_path / "b.npz", Image.fromarray(other), other_bits)
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json", str(tmp_path / "d.json")]) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["bits_differ_per_scale"] == [0.0, 2 / 16] and result["first_scale_that_differs"] == 1
+    assert result["psnr_db"] == pytest.approx(10 * math.log10(255**2 * 192 / 100))
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+
+
+def test_bench_outputs_are_the_first_timed_image(tmp_path):
+    from infinity.bench.compare import load_outputs
+
+    argv = ["--preset", "shapes-tiny", "--device", "cpu", "--threads", "1", "--runs", "1", "--outputs",
+            str(tmp_path / "o.npz"), "--seed", "4"]
+    assert bench_cli.main(argv) == 0
+    image, bits = load_outputs(tmp_path / "o.npz")
+    pipe = build("shapes-tiny", torch.device("cpu")).pipe
+    out = pipe(f"{bench_cli.DEFAULT_PROMPT} 0", seed=4, cfg=pipe.defaults.cfg)
+    assert np.array_equal(image, np.asarray(out.image)) and all(np.array_equal(a, b.numpy()) for a, b in zip(bits, out.bits))

@@ -21,6 +21,7 @@ import torch
 
 from ..precision import INT8, cpu_model
 from ..schedules import BUDGETS
+from .compare import save_outputs
 from .flops import image_flops
 from .harness import Timings, benchmark, matmul_gflops, process_peak_rss
 from .models import PRESETS, PROMPT_TOKENS, build, parameter_bytes
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--previews", action="store_true",
                         help="also time the stream with a preview at every scale and report what previews add")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="save the first timed image and its bits here (.npz, for python -m infinity.bench.compare)")
     args = parser.parse_args(argv)
 
     if args.device is None:
@@ -113,6 +116,8 @@ def _run(args: argparse.Namespace) -> dict:
         return timings, memory.peak_bytes, memory.source
 
     timings, peak_bytes, peak_source = timed(preview=False)
+    if args.outputs is not None:
+        save_outputs(args.outputs, timings.runs[0].image, timings.runs[0].bits)
     with_previews = timed(preview=True)[0] if args.previews else None
     flops = image_flops(pipe, schedule, args.prompt, guided=cfg != 1)
     stages = timings.stage_medians()

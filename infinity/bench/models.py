@@ -10,6 +10,7 @@ encoder, Flan-T5-XL, is replaced by a T5 encoder of the same sizes with random w
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -45,16 +46,20 @@ class BenchModel:
 
 
 @torch.no_grad()
-def fill_random_(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> nn.Module:
+def fill_random_(module: nn.Module, seed: int, std: float = 0.02, prefix: str = "") -> nn.Module:
     """Fill every parameter in place: norm scales (1-D `weight`s) with 1, everything else with N(0, std).
 
-    Finite, ordinary values, so that no kernel meets NaNs or denormals (which would time differently).
+    Finite, ordinary values, so that no kernel meets NaNs or denormals (which would time differently). Each
+    parameter's values depend only on the seed and its name (`prefix` + its name in `module`), drawn in fp32 and
+    then cast: a model built in bf16, or part by part, holds the rounded values of the same fp32 model, so images
+    of different precisions can be compared.
     """
     for name, p in module.named_parameters():
         if p.ndim == 1 and name.endswith("weight"):
             p.fill_(1.0)
         else:
-            p.normal_(0.0, std, generator=generator)
+            generator = torch.Generator(p.device).manual_seed(seed * 1_000_003 + zlib.crc32((prefix + name).encode()))
+            p.copy_(torch.empty(p.shape, device=p.device).normal_(0.0, std, generator=generator))
     return module
 
 
@@ -64,7 +69,7 @@ def random_model(build, device: torch.device, dtype: torch.dtype | None, seed: i
     with torch.device("meta"):
         module = build() if dtype is None else build().to(dtype)
     module.to_empty(device=device)
-    return fill_random_(module, torch.Generator(device).manual_seed(seed)).eval().requires_grad_(False)
+    return fill_random_(module, seed).eval().requires_grad_(False)
 
 
 class RandomTokens:
@@ -140,10 +145,9 @@ def random_int8_transformer(config, seed: int = 0) -> Infinity:
     with torch.device("meta"):
         model = Infinity(config)
     blocks, model.blocks = model.blocks, nn.ModuleList()
-    generator = torch.Generator().manual_seed(seed)
-    fill_random_(model.to_empty(device="cpu"), generator)
-    for block in blocks:
-        quantize_int8_(fill_random_(block.to_empty(device="cpu"), generator))
+    fill_random_(model.to_empty(device="cpu"), seed)
+    for i, block in enumerate(blocks):  # the same values as random_model(Infinity(config)), before quantizing
+        quantize_int8_(fill_random_(block.to_empty(device="cpu"), seed, prefix=f"blocks.{i}."))
     model.blocks = blocks
     return model.eval().requires_grad_(False)
 
