@@ -1,13 +1,19 @@
-"""The precision the transformer runs in: chosen by what the device multiplies fast, applied as the official code
-applies it.
+"""Which floating-point precision a machine runs fast, chosen by capability, never by assumption; and how the
+transformer is put into it for inference.
 
-- `auto_dtype`: bf16 for the released models on CUDA (as the official inference) and on a CPU that multiplies bf16
-  in hardware (`native_bf16`: the avx512_bf16 / amx_bf16 flags on x86, bf16 on Arm); fp32 everywhere else, where
-  bf16 matmuls are emulated and several times slower than fp32 (measured on an AMD EPYC without them: 19 vs 77
-  GFLOP/s). Our own small models were trained in fp32 and stay there.
+bf16 matmuls and convolutions are ~3x faster than fp32 on CPUs with native bf16 instructions (AVX512-BF16,
+AMX; measured on an AMD EPYC with avx512_bf16: 348 against 117 GFLOP/s for a large matmul), and much slower on
+CPUs without them, where PyTorch emulates bf16 (an AMD EPYC without them, torch 2.13, 2 threads, a 1042x2048 by
+2048x8192 matmul: 19 GFLOP/s in bf16 against 77 in fp32, and 128 as a dynamically quantized int8 Linear). CUDA
+GPUs from Ampere on have native bf16.
+
+Inference (the pipeline):
+- `auto_dtype`: bf16 for the released models on CUDA (as the official inference) and on a CPU with native bf16;
+  fp32 everywhere else. Our own small models were trained in fp32 and stay there.
 - `cast_blocks_`: the official bf16 scheme: the blocks' weights in bf16, everything else (text projection and pool,
-  embeddings, head, and so the residual stream between blocks) in fp32, run under autocast (`autocast_events`).
-  Casting the whole model instead puts the residual sum itself in bf16 and moves the logits further from fp32.
+  embeddings, head, the blocks' norms, and so the residual stream between blocks) in fp32, run under autocast
+  (`autocast_events`). Casting the whole model instead puts the residual sum itself in bf16 and moves the logits
+  further from fp32 (tests/test_speed_precision.py).
 - `quantize_int8_`: an opt-in for CPUs: the blocks' Linear layers as dynamically quantized int8 (PyTorch's own
   `quantize_dynamic`): int8 weights (a quarter of fp32's memory), activations quantized per call.
 """
@@ -23,39 +29,55 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-CPUINFO = Path("/proc/cpuinfo")
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX-512 BF16, x86 AMX, Arm BF16
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX-512 BF16, x86 AMX, Arm BF16
+PRECISIONS = ("auto", "bf16", "fp32")
 INT8 = "int8"  # the dtype name that asks for `quantize_int8_`
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The feature flags of the first CPU in /proc/cpuinfo ("flags" on x86, "Features" on Arm); empty elsewhere."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo (or of the given text); empty where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
 
 
-def cpu_model(cpuinfo: Path = CPUINFO) -> str:
-    """The CPU's model name from /proc/cpuinfo (what benchmark figures are quoted for), or "unknown"."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware"):
-                return value.strip()
-    except OSError:
-        pass
+def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+    """True where bf16 runs natively: a CPU with a bf16 flag, or a CUDA device that supports it."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool((cpu_flags() if flags is None else flags) & BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """'auto' -> 'bf16' where the device has native bf16, else 'fp32'; 'bf16' and 'fp32' are kept (forced)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    chosen = "bf16" if native_bf16(device, flags) else "fp32"
+    logger.info("precision auto on %s: %s", device, chosen)
+    return chosen
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (or the given text), what benchmark figures are quoted for."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware"):
+            return value.strip()
     return "unknown"
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware."""
-    return bool(cpu_flags() & BF16_FLAGS)
 
 
 def auto_dtype(device: torch.device, released: bool) -> torch.dtype:
@@ -64,7 +86,7 @@ def auto_dtype(device: torch.device, released: bool) -> torch.dtype:
         return torch.float32
     if device.type == "cuda":
         return torch.bfloat16
-    dtype = torch.bfloat16 if device.type == "cpu" and native_bf16() else torch.float32
+    dtype = torch.bfloat16 if device.type == "cpu" and native_bf16(device) else torch.float32
     logger.info("CPU %s native bf16: running the transformer in %s", "with" if dtype != torch.float32 else "without",
                 str(dtype).removeprefix("torch."))
     return dtype

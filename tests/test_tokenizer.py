@@ -182,3 +182,22 @@ def test_config_round_trips_through_a_dict():
     assert TokenizerConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(ValueError, match="unknown"):
         TokenizerConfig.from_dict({**TINY.to_dict(), "depth": 3})
+
+
+def _literal_bsq_penalty(z_Bdhw, inv_temperature=100.0):
+    """The BSQ entropy penalty as the paper writes it: per-bit logits 4 s u_j / T, entropies summed over bits."""
+    d = z_Bdhw.shape[1]
+    u = torch.nn.functional.normalize(z_Bdhw, dim=1)
+    p1 = torch.sigmoid(4 * inv_temperature * u / d**0.5)
+    h = lambda p: -(p * torch.log(p + 1e-8) + (1 - p) * torch.log(1 - p + 1e-8))  # noqa: E731
+    return h(p1).sum(dim=1).mean() - h(p1.mean(dim=(0, 2, 3))).sum()
+
+
+def test_entropy_penalty_means_the_same_at_every_bit_depth():
+    # Gaussian features: after BSQ's normalisation every depth sees statistically the same bits.
+    penalties = {d: float(BitQuantizer(d).losses(_features(B=64, d=d, seed=d))["entropy_penalty"]) for d in (8, 16, 32)}
+    assert abs(penalties[8] - penalties[32]) < 0.05 * abs(penalties[16])
+    # the literal formula drifts with d (the reason for the normalisation) and is ours at d = 16
+    literal = {d: float(_literal_bsq_penalty(_features(B=64, d=d, seed=d))) for d in (8, 16, 32)}
+    assert abs(literal[8] - literal[32]) > 0.5 * abs(literal[16])
+    assert penalties[16] == pytest.approx(literal[16], rel=1e-5)

@@ -47,6 +47,9 @@ def bilinear_resize(x_Bdhw: torch.Tensor, hw: Grid) -> torch.Tensor:
     return F.interpolate(x_Bdhw, size=hw, mode="bilinear", align_corners=False)
 
 
+REFERENCE_BITS = 16  # the entropy penalty equals the BSQ paper's literal formula at this depth
+
+
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + 1e-8) + (1 - p) * torch.log(1 - p + 1e-8))
 
@@ -77,17 +80,24 @@ class BitQuantizer(nn.Module):
         return (signs * self.code_scale).permute(0, 3, 1, 2).contiguous()
 
     def losses(self, z_Bdhw: torch.Tensor, inv_temperature: float = 100.0, gamma: float = 1.0) -> dict[str, torch.Tensor]:
-        """Entropy penalty and commitment loss of one scale (BSQ paper Sec. 3.3).
+        """Entropy penalty and commitment loss of one scale (BSQ paper Sec. 3.3), with the same meaning at every d.
 
         With codes +-s, the softmax over the 2^d codes of -||u - c||^2 * inv_temperature factorises per bit:
         p(bit_j = 1) = sigmoid(4 * s * u_j * inv_temperature). The penalty is the mean per-token entropy
         (makes every token confident) minus gamma times the entropy of the batch-mean bit distribution,
         approximated by the sum of per-bit entropies (rewards using all codes).
+
+        Taken literally both factors depend on d: a BSQ component u_j is ~1/sqrt(d) and s = 1/sqrt(d), so the
+        logit shrinks as 1/d, and the sums over bits grow as d. We measure each bit on the d-free scale
+        u_j * sqrt(d) and average over bits, both normalised so that d = REFERENCE_BITS gives the literal formula:
+        the penalty's weight then means the same whatever the tokenizer's depth.
         """
         u = self._prepare(z_Bdhw.float())
-        p1 = torch.sigmoid(4 * self.code_scale * inv_temperature * u)  # (B, d, h, w)
-        per_token = _binary_entropy(p1).sum(dim=1).mean()
-        codebook = _binary_entropy(p1.mean(dim=(0, 2, 3))).sum()
+        d = self.bits
+        logit_scale = 4 * inv_temperature * (self.code_scale * d / REFERENCE_BITS if self.kind == "bsq" else 1.0)
+        p1 = torch.sigmoid(logit_scale * u)  # (B, d, h, w)
+        per_token = _binary_entropy(p1).mean(dim=1).mean() * REFERENCE_BITS
+        codebook = _binary_entropy(p1.mean(dim=(0, 2, 3))).mean() * REFERENCE_BITS
         code = torch.where(u > 0, self.code_scale, -self.code_scale).to(u.dtype)
         commitment = F.mse_loss(u, code.detach())
         return {"entropy_penalty": per_token - gamma * codebook, "commitment": commitment}

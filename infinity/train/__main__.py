@@ -28,8 +28,8 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
     g.add_argument("--recipe", default="shapes-small", choices=sorted(RECIPES),
                    help="model configs and scale schedules to train (default: %(default)s, the embedded model)")
     g.add_argument("--data", default="shapes",
-                   help="'shapes' (procedural scenes rendered on the fly) or a JSONL file in the official layout "
-                        "(one line per image: image_path, h_div_w, text)")
+                   help="'shapes' (procedural scenes rendered on the fly), a JSONL file in the official layout "
+                        "(one line per image: image_path, h_div_w, text), or (tokenizer) a folder of images")
     g.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, samples/, exported weights")
     g.add_argument("--steps", type=int, required=True, help="total optimisation steps of the run")
     g.add_argument("--batch-size", type=int, default=16, help="global batch, split over the processes (default: %(default)s)")
@@ -39,6 +39,9 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
                    help="start from these weights: an official .pth or our .safetensors (fine-tuning)")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: torch's default)")
+    g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="bf16: forward under bf16 autocast, fp32 master weights; auto: bf16 where the device has "
+                        "native bf16 (CUDA, a CPU with avx512_bf16 / amx_bf16), else fp32 (default: %(default)s)")
     g.add_argument("--log-every", type=int, default=10, help="steps between metrics lines (default: %(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: %(default)s)")
     g.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: at the end only)")
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("tokenizer", help="train the multi-scale bitwise tokenizer (VAE + BSQ/LFQ)")
     _common(tok, lr=1e-3)
     t = tok.add_argument_group("tokenizer losses")
+    t.add_argument("--bits", type=int, default=0, help="bits per token d (0: the recipe's; default: %(default)s)")
+    t.add_argument("--base-channels", type=int, default=0,
+                   help="width of the first encoder / last decoder stage (0: the recipe's; default: %(default)s)")
+    t.add_argument("--init-trunk-from", default=None, metavar="TOKENIZER",
+                   help="start from this tokenizer's weights (any bit depth) except the two layers whose shapes "
+                        "depend on d, which start fresh: tokenizers of several d from one trunk")
     t.add_argument("--recon-weight", type=float, default=1.0, help="L1 reconstruction (default: %(default)s)")
     t.add_argument("--object-weight", type=float, default=0.0,
                    help="extra L1 weight of pixels that differ from the image's border colour (default: %(default)s)")
@@ -151,6 +160,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, optim=optim,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp,
+        precision=args.precision,
     )
 
 
@@ -163,10 +173,13 @@ def _task(args: argparse.Namespace, run: RunConfig):
             feature_commitment=args.feature_commitment_weight, gan=args.gan_weight,
             gan_start=args.gan_start, perceptual=args.perceptual_weight,
         )
-        return TokenizerTask(recipe.tokenizer, recipe.schedules, loss, args.data, args.batch_size, args.seed,
+        config = dataclasses.replace(recipe.tokenizer, bits=args.bits or recipe.tokenizer.bits,
+                                     base_channels=args.base_channels or recipe.tokenizer.base_channels)
+        return TokenizerTask(config, recipe.schedules, loss, args.data, args.batch_size, args.seed,
                              run.optim, init_from=args.init_from, crop_size=args.crop_size,
                              decoder_only=args.decoder_only, sample_from=args.sample_from,
-                             sample_share=args.sample_share, sample_given_scales=args.sample_given_scales)
+                             sample_share=args.sample_share, sample_given_scales=args.sample_given_scales,
+                             init_trunk_from=args.init_trunk_from)
     tokenizer = load_model(args.tokenizer)
     if not isinstance(tokenizer, BitwiseTokenizer):
         raise ValueError(f"{args.tokenizer} is not a tokenizer")

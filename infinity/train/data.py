@@ -4,6 +4,8 @@ Every step trains on one aspect ratio (all images of a batch share a scale sched
 step s is fixed by (seed, s); each process renders or loads only its rows of it.
 
 - `ShapesSource`: the procedural shapes scenes, item i of the global stream rendered at the step's size.
+- `FolderSource`: the uncaptioned images below a folder (the tokenizer's data), random resized crops at the
+  step's size, every aspect ratio equally often; an image that fails to load is replaced by the next one.
 - `JsonlSource`: images listed in the official JSONL layout, bucketed onto the schedules' aspect ratios; lines
   that cannot be used are reported once up front, an image that fails to load later is replaced by another of
   its bucket (with a warning) rather than stopping the run.
@@ -85,14 +87,44 @@ class JsonlSource:
         return Batch(torch.stack(images), captions, aspect)
 
 
+class FolderSource:
+    def __init__(self, folder: str | Path, schedules: dict[str, Schedule], seed: int = 0):
+        from ..data.folder import ImageFolder
+
+        self.schedules, self.seed = schedules, seed
+        self.dataset = ImageFolder(folder)
+
+    def batch(self, step: int, global_batch: int, rows: slice) -> Batch:
+        aspect = _pick_aspect(list(self.schedules), [1.0] * len(self.schedules), self.seed, step)
+        hw = self.schedules[aspect].pixel_hw
+        g = step_generator(self.seed, step, "folder")
+        n = len(self.dataset)
+        picks = torch.randint(0, n, (global_batch,), generator=g).tolist()
+        crop_seeds = torch.randint(0, 2**62, (global_batch,), generator=g).tolist()
+        images = []
+        for i in range(global_batch)[rows]:
+            crop_g = torch.Generator().manual_seed(crop_seeds[i])
+            for tries in range(n):
+                img_3HW = self.dataset.load((picks[i] + tries) % n, hw, crop_g)
+                if img_3HW is not None:
+                    break
+            else:
+                raise RuntimeError(f"no image below {self.dataset.folder} could be loaded")
+            images.append(img_3HW)
+        return Batch(torch.stack(images), [""] * len(images), aspect)
+
+
 def make_source(data: str, schedules: dict[str, Schedule], seed: int,
                 object_count_weights: tuple[float, ...] | None = None):
-    """'shapes' or the path of a JSONL file; `object_count_weights`: relative weights of shapes scenes with
+    """'shapes', the path of a JSONL file, or a folder of images (no captions: tokenizers only);
+    `object_count_weights`: relative weights of shapes scenes with
     1, 2, 3 objects (uniform if None)."""
     if data == "shapes":
         return ShapesSource(schedules, seed, num_objects=(1, 2, 3), weights=object_count_weights)
     if object_count_weights is not None:
         raise ValueError("object count weights apply to the shapes data only")
+    if Path(data).is_dir():
+        return FolderSource(data, schedules, seed)
     if not Path(data).is_file():
-        raise ValueError(f"--data must be 'shapes' or an existing JSONL file, got {data!r}")
+        raise ValueError(f"--data must be 'shapes', an existing JSONL file or a folder of images, got {data!r}")
     return JsonlSource(data, schedules, seed)

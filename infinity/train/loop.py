@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..precision import PRECISIONS, resolve_precision
 from .engine import (
     CHECKPOINT_NAME,
     EMA,
@@ -50,12 +51,15 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2)
+    precision: str = "fp32"  # "bf16": the step's forward under bf16 autocast (fp32 master weights); "auto": by device
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch size must be >= 1, got {self.steps} and {self.batch_size}")
         if min(self.log_every, self.checkpoint_every) < 1 or self.sample_every < 0:
             raise ValueError("log and checkpoint intervals must be >= 1, the sample interval >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 class Task(Protocol):
@@ -98,6 +102,7 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
     optimizer = adamw(model, run.optim)
     task.setup(dist, wrapped)
 
+    bf16 = resolve_precision(run.precision, dist.device) == "bf16"
     start = 0
     ckpt_path = out_dir / CHECKPOINT_NAME
     if run.resume and ckpt_path.is_file():
@@ -123,7 +128,8 @@ def train(task: Task, run: RunConfig, dist: Distributed) -> dict[str, float]:
         lr = lr_at(step, run.steps, run.optim)
         set_lr(optimizer, lr)
         wrapped.train()
-        loss, step_metrics, items = task.losses(step, dist)
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, step_metrics, items = task.losses(step, dist)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = clip_gradients(model, run.optim.grad_clip)

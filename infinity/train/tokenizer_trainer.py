@@ -29,6 +29,7 @@ fraction of the cost (4x fewer pixels for 64 px crops of 128 px images).
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,24 @@ def background_mask(img_B3HW: torch.Tensor, threshold: float = 0.1) -> torch.Ten
     border = torch.cat([img_B3HW[..., 0, :], img_B3HW[..., -1, :], img_B3HW[..., :, 0], img_B3HW[..., :, -1]], dim=-1)
     bg_B3 = border.median(dim=-1).values
     return (img_B3HW - bg_B3[..., None, None]).abs().amax(dim=1, keepdim=True) > threshold
+
+
+LATENT_LAYERS = ("encoder.conv_out.", "decoder.conv_in.")  # the layers whose shapes depend on the bits d
+
+
+def load_trunk(model: BitwiseTokenizer, path: str) -> None:
+    """Copy a trained tokenizer's weights into `model`, all but LATENT_LAYERS, which keep their fresh
+    initialisation whatever the bit depths: tokenizers of several d then start from the same trunk and differ
+    only in d (the bit-depth comparison), and start far ahead of random weights."""
+    from ..checkpoints import load_model
+
+    trunk = load_model(path)
+    if not isinstance(trunk, BitwiseTokenizer) or dataclasses.replace(trunk.config, bits=model.config.bits) != model.config:
+        raise ValueError(f"{path}: not a tokenizer of this architecture (any bit depth): {model.config}")
+    state = {k: v for k, v in trunk.state_dict().items() if not k.startswith(LATENT_LAYERS)}
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if any(not k.startswith(LATENT_LAYERS) for k in missing):
+        raise ValueError(f"{path}: lacks {[k for k in missing if not k.startswith(LATENT_LAYERS)][:3]}")
 
 
 def random_crops(
@@ -162,6 +181,7 @@ class TokenizerTask:
         sample_from: str | None = None,
         sample_share: float = 0.5,
         sample_given_scales: int = 2,
+        init_trunk_from: str | None = None,
     ):
         if crop_size and (crop_size % config.patch_size or crop_size > min(min(s.pixel_hw) for s in schedules.values())):
             raise ValueError(f"crop size {crop_size} must be a multiple of the patch size {config.patch_size} "
@@ -184,9 +204,14 @@ class TokenizerTask:
         self.config, self.schedules, self.loss_cfg = config, schedules, loss
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.model = BitwiseTokenizer(config)
+        if init_from and init_trunk_from:
+            raise ValueError("start from whole weights (--init-from) or from a trunk (--init-trunk-from), not both")
         if init_from:
             init = load_init_weights(init_from, BitwiseTokenizer, config, load_official_tokenizer)
             self.model.load_state_dict(init.state_dict())
+        if init_trunk_from:
+            load_trunk(self.model, init_trunk_from)
+        self.init_trunk_from = init_trunk_from
         if decoder_only:
             self.model.encoder.requires_grad_(False)
         self.sampler = _load_sampler(sample_from, self.model, schedules) if sample_from else None
@@ -200,7 +225,7 @@ class TokenizerTask:
             "kind": "tokenizer", "config": self.config.to_dict(), "loss": config_dict(self.loss_cfg),
             "data": self.data, "batch_size": self.batch_size, "seed": self.seed, "crop_size": self.crop_size,
             "decoder_only": self.decoder_only, "sample_from": self.sample_from, "sample_share": self.sample_share,
-            "sample_given_scales": self.sample_given_scales,
+            "sample_given_scales": self.sample_given_scales, "init_trunk_from": self.init_trunk_from,
             "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
         }
 
