@@ -131,13 +131,10 @@ def autocast_events(events: Iterator, device: torch.device, dtype: torch.dtype) 
 def quantize_int8_(blocks: nn.Module) -> nn.Module:
     """The Linear layers of `blocks` (the model's blocks, or one block) as dynamically quantized int8, in place;
     fp32 on the CPU only. One block at a time keeps a single fp32 block in memory while building a large model.
-
-    The cross-attention's text key/value projections (`mat_kv`, run once per prompt) are left in fp32: the
-    cross-attention reads their weight directly.
     """
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in blocks.parameters()):
         raise ValueError("int8 quantization takes fp32 blocks on the CPU")
-    names = {name for name, m in blocks.named_modules() if isinstance(m, nn.Linear) and "mat_kv" not in name}
+    names = {name for name, m in blocks.named_modules() if isinstance(m, nn.Linear)}
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
         warnings.simplefilter("ignore")
         torch.ao.quantization.quantize_dynamic(blocks, names, dtype=torch.qint8, inplace=True)

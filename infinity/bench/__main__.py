@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
+    load_at_start = _load_average()
     dtype = None if args.dtype == "auto" else DTYPES.get(args.dtype, args.dtype)
     model = build(args.preset, args.device, dtype, args.budget, args.prompt_tokens)
     pipe = model.pipe
@@ -131,7 +132,7 @@ def _run(args: argparse.Namespace) -> dict:
         "device": args.device.type,
         "device_name": pipe.device_name,
         "cpu_model": cpu_model(),
-        "load_average": _load_average(),
+        "load_average": {"start": load_at_start, "end": _load_average()},
         "dtype": pipe.precision,
         "threads": torch.get_num_threads() if args.device.type == "cpu" else None,
         "torch": torch.__version__,

@@ -203,7 +203,7 @@ def _check_memory(device: torch.device, model, dtype: torch.dtype | str) -> None
         transformer = cast_blocks_(Infinity(model.transformer), torch.float32 if dtype == INT8 else dtype)
         needed = parameter_bytes(transformer, BitwiseTokenizer(model.tokenizer), t5)
         if dtype == INT8:  # 1 byte instead of 4 for the weights of the Linear layers quantize_int8_ takes
-            linears = [m for n, m in transformer.blocks.named_modules() if isinstance(m, nn.Linear) and "mat_kv" not in n]
+            linears = [m for m in transformer.blocks.modules() if isinstance(m, nn.Linear)]
             needed -= 3 * sum(m.weight.numel() for m in linears)
     if needed > available:
         raise ValueError(

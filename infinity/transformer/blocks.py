@@ -179,7 +179,7 @@ def text_keys_values(
     """Per-head keys and values (B, N, T, c) of text tokens; keys have no bias, values `v_bias`."""
     B, T, _ = text_BTE.shape
     kv_bias = torch.cat([torch.zeros_like(v_bias), v_bias])
-    kv_BT2Nc = F.linear(text_BTE, mat_kv.weight, kv_bias).view(B, T, 2, num_heads, -1)
+    kv_BT2Nc = (mat_kv(text_BTE) + kv_bias).view(B, T, 2, num_heads, -1)  # a module call: int8 mat_kv runs too
     k_BNTc, v_BNTc = kv_BT2Nc.permute(2, 0, 3, 1, 4).unbind(0)
     return k_BNTc, v_BNTc
 
