@@ -11,15 +11,28 @@ scratch=runs/precision
 mkdir -p "$scratch"
 two_b=(--preset infinity-2b --device cpu --budget 0.06M --runs 1 --threads 2)
 
+# wait_for_gib N: until N GiB of RAM are available (other work on a shared machine comes and goes), at most 10 min.
+wait_for_gib() {
+    for _ in $(seq 60); do
+        (( $(awk '/MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo) >= $1 )) && return 0
+        sleep 10
+    done
+    echo "fewer than $1 GiB available after 10 minutes" >&2
+    return 1
+}
+
+resume() { [[ -n "${PAUSE_PIDS:-}" ]] && kill -CONT $PAUSE_PIDS 2>/dev/null || true; }
+trap resume EXIT  # whatever happens, the paused processes run again
+
 paused() {
-    local pids=${PAUSE_PIDS:-}
-    trap '[[ -n "$pids" ]] && kill -CONT $pids 2>/dev/null || true' RETURN
-    [[ -n "$pids" ]] && kill -STOP $pids 2>/dev/null || true
+    [[ -n "${PAUSE_PIDS:-}" ]] && kill -STOP $PAUSE_PIDS 2>/dev/null || true
     echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg), $(free -g | awk '/Mem:/ {print $7}') GB available)"
     "$@"
+    resume
 }
 
 for dtype in fp32 int8 bf16; do
+    wait_for_gib "$([[ $dtype == fp32 ]] && echo 15 || echo 10)"
     paused python -m infinity.bench "${two_b[@]}" --dtype "$dtype" --json "$out/infinity2b_cpu_$dtype.json" \
         --outputs "$scratch/infinity2b_$dtype.npz"
 done
@@ -27,6 +40,7 @@ for dtype in int8 bf16; do
     python -m infinity.bench.compare "$scratch/infinity2b_fp32.npz" "$scratch/infinity2b_$dtype.npz" \
         --json "$out/infinity2b_cpu_drift_$dtype.json"
 done
+wait_for_gib 15
 paused python -m infinity.bench --preset infinity-8b --device cpu --budget 0.06M --runs 1 --threads 2 --dtype int8 \
     --json "$out/infinity8b_cpu_int8.json"
 paused python -m infinity.bench --preset embedded --device cpu --runs 10 --threads 2 --json "$out/embedded_cpu_check.json"
