@@ -9,7 +9,6 @@ encoder, Flan-T5-XL, is replaced by a T5 encoder of the same sizes with random w
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ PRESETS = ("embedded", "shapes-tiny", "infinity-2b", "infinity-8b")
 FLAN_T5_XL_SIZES = dict(
     d_model=2048, d_ff=5120, num_layers=24, num_heads=32, d_kv=64, vocab_size=32128, feed_forward_proj="gated-gelu"
 )
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 PROMPT_TOKENS = 32  # a typical prompt of the official examples is 20-40 T5 tokens
 SHAPES_DEFAULTS = SamplingDefaults(cfg=3.0, tau=1.0, top_k=0, top_p=0.0)  # our small models: guidance on
 
@@ -147,7 +145,6 @@ def build(
 def random_int8_transformer(config, seed: int = 0) -> Infinity:
     """A random fp32 transformer whose blocks are made and quantized to int8 one at a time (CPU): never more
     than one fp32 block in memory, so an 8B model needs its int8 size (~9 GB), not its fp32 size (33 GB)."""
-    _return_freed_memory()
     with torch.device("meta"):
         model = Infinity(config)
     blocks, model.blocks = model.blocks, nn.ModuleList()
@@ -156,17 +153,6 @@ def random_int8_transformer(config, seed: int = 0) -> Infinity:
         quantize_int8_(fill_random_(block.to_empty(device="cpu"), seed, prefix=f"blocks.{i}."))
     model.blocks = blocks
     return model.eval().requires_grad_(False)
-
-
-def _return_freed_memory() -> None:
-    """Have glibc hand large freed blocks back to the system. Its mmap threshold grows with every large free, after
-    which freed blocks stay in the heap; building a model block by block (fp32 made, quantized, freed, interleaved
-    with the int8 weights that stay) then fragments it into gigabytes of memory nobody uses (measured: a 2B model
-    whose int8 weights take 2 GB held 17 GB). Allocations above 1 MiB are then mapped and unmapped each time."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens: int) -> BenchModel:
