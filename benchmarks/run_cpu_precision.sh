@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The CPU precision figures (issue 28): Infinity-2B at 256x256 in fp32, bf16 and int8 with the same random weights,
-# how far the bf16 and int8 images move from fp32, Infinity-8B at 256x256 in int8, and the embedded model's image.
+# The CPU figures of issue 28: Infinity-2B at 256x256 (fp32: what dtype auto picks on a CPU without native bf16)
+# keeping its image and bits for comparisons with other precisions, and the embedded model's 128 px image.
 # Results: benchmarks/results/*.json (each records the CPU model and the load average at its start and end).
-# Needs ~15 GB of free RAM (the 2B in fp32 with a T5-XL-sized encoder); the 8B in int8 ~14 GB.
+# Needs ~15 GB of free RAM (the 2B in fp32 with a T5-XL-sized encoder).
 # PAUSE_PIDS="1 2 3" pauses those processes (kill -STOP) during each timed command and always resumes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,16 +31,10 @@ paused() {
     resume
 }
 
-for dtype in fp32 int8 bf16; do
-    wait_for_gib "$([[ $dtype == fp32 ]] && echo 15 || echo 10)"
-    paused python -m infinity.bench "${two_b[@]}" --dtype "$dtype" --json "$out/infinity2b_cpu_$dtype.json" \
-        --outputs "$scratch/infinity2b_$dtype.npz"
-done
-for dtype in int8 bf16; do
-    python -m infinity.bench.compare "$scratch/infinity2b_fp32.npz" "$scratch/infinity2b_$dtype.npz" \
-        --json "$out/infinity2b_cpu_drift_$dtype.json"
-done
+# int8 and bf16 of the 2B and the 8B in int8 are not run here yet: the full-size int8 random build grew past
+# 16 GB on the 24 GB machine (its int8 weights are ~2 GB; a 4-block model builds and samples in ~1.3 GB, the cause
+# at full size is not found), and this CPU has no native bf16. Compare with: python -m infinity.bench.compare.
 wait_for_gib 15
-paused python -m infinity.bench --preset infinity-8b --device cpu --budget 0.06M --runs 1 --threads 2 --dtype int8 \
-    --json "$out/infinity8b_cpu_int8.json"
+paused python -m infinity.bench "${two_b[@]}" --dtype fp32 --json "$out/infinity2b_cpu_fp32.json" \
+    --outputs "$scratch/infinity2b_fp32.npz"
 paused python -m infinity.bench --preset embedded --device cpu --runs 10 --threads 2 --json "$out/embedded_cpu_check.json"
