@@ -252,8 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     start = time.perf_counter()
-    from infinity.app.runtime import load_pipeline, on_zero_gpu, warm_up
+    from infinity.app.runtime import import_spaces, load_pipeline, on_zero_gpu, warm_up
 
+    import_spaces()  # ZeroGPU: before anything initialises CUDA (loading the model does)
     try:
         pipe = load_pipeline(args.model, args.device)
     except (OSError, ValueError, RuntimeError) as e:  # missing weights, broken folder, unknown device

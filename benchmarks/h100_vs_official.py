@@ -42,7 +42,7 @@ OFFICIAL_COMMIT = "4c27bbb54a9918847a2fe56b0fbe31a8523791a1"
 OFFICIAL_IMPORTS = ("timm", "einops", "imageio", "pytz", "torchvision", "transformers")
 T5_XL = dict(d_model=2048, d_ff=5120, num_layers=24, num_heads=32, d_kv=64, vocab_size=32128,
              feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
-TEXT_MAXLEN = 512  # both T5 paths pad every prompt to 512 tokens
+TEXT_MAXLEN = 512  # the official T5 path pads every prompt to 512 tokens; ours runs the prompt's own
 FILES = {"vae": "vae.pth", "transformer": "transformer.pth", "t5": "t5.pth", "tokens": "tokens.pt"}
 
 
@@ -242,8 +242,8 @@ def ours_worker(args: argparse.Namespace) -> dict:
     t5.load_state_dict(read_torch_weights(args.workdir / FILES["t5"]), assign=True)
     ids = torch.load(args.workdir / FILES["tokens"], weights_only=True)
 
-    def tokenize(prompts, max_length, padding, truncation=True, return_tensors="pt"):  # the saved ids, padded
-        input_ids = torch.zeros(len(prompts), max_length, dtype=torch.long)
+    def tokenize(prompts, max_length, padding, truncation=True, return_tensors="pt"):  # the saved ids, as asked
+        input_ids = torch.zeros(len(prompts), max_length if padding == "max_length" else len(ids), dtype=torch.long)
         input_ids[:, : len(ids)] = ids
         return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
 

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .precision import cast_blocks_
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
 from .transformer import TRANSFORMER_PRESETS, Infinity, TransformerConfig
 
@@ -273,8 +274,9 @@ def load_official_transformer(
     """A released transformer in eval mode: one `.pth` (`infinity_2b_reg.pth`: a plain state dict; a full
     training checkpoint keeps it under trainer/gpt_fsdp) or a sharded directory (`infinity_8b_weights/`).
 
-    `config` is a TransformerConfig or a preset name from TRANSFORMER_PRESETS. `dtype`: of the parameters; each
-    tensor is converted once while loading (bfloat16 halves the 8B model's 33 GB).
+    `config` is a TransformerConfig or a preset name from TRANSFORMER_PRESETS. `dtype`: of the blocks' parameters,
+    the rest fp32 (the official bf16 scheme, `precision.cast_blocks_`); each tensor is converted once while
+    loading, straight from the file to its dtype (bfloat16 halves the 8B model's 33 GB).
     """
     if isinstance(config, str):
         if config not in TRANSFORMER_PRESETS:
@@ -290,7 +292,7 @@ def load_official_transformer(
         if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
             obj = obj["trainer"]
         state_dict = _tensor_dict(obj, path, entries=("gpt_fsdp",))
-    model = empty_model(Infinity, config, dtype)
+    model = cast_blocks_(empty_model(Infinity, config), dtype)
     load_into(model, official_transformer_state_dict(state_dict), path)
     return model.eval().requires_grad_(False)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ from .official import (
     official_schedules,
 )
 from .options import SamplingDefaults, check_inputs, sampler_options
+from .precision import auto_dtype, autocast_events, cast_blocks_, compute_dtype, precision_name, quantize_int8_
 from .sampling import Intervention, ScaleEvent, StageTimer, sample_scales, untimed
 from .schedules import Schedule
 from .text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
@@ -95,7 +97,8 @@ class InfinityPipeline:
         offload_text_encoder: bool = False,
     ):
         """schedules: aspect-ratio name -> Schedule; None for the official templates at the 1M budget.
-        The transformer is cast to `dtype`; the tokenizer stays fp32 (the sampler sums F and decodes in fp32).
+        dtype: of the transformer's blocks; the rest of it stays fp32 and runs under autocast (the official bf16
+        scheme, `precision.py`). The tokenizer stays fp32 (the sampler sums F and decodes in fp32).
         offload_text_encoder: keep the encoder on the CPU and move it to `device` only while encoding."""
         self.spatial_patch = spatial_patch(transformer.config.bits, tokenizer.bits)  # 2 for Infinity-8B, else 1
         self.schedules = official_schedules("1M") if schedules is None else dict(schedules)
@@ -107,11 +110,17 @@ class InfinityPipeline:
                 f"tokens; the transformer takes {E} channels and at most {max_len} tokens"
             )
         self.device, self.dtype = torch.device(device), dtype
-        self.transformer = transformer.to(device=self.device, dtype=dtype).eval()
+        prepare_device(self.device)
+        self.transformer = cast_blocks_(transformer.to(self.device), dtype).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
         self.text_encoder, self.offload_text_encoder = text_encoder, offload_text_encoder
+        if offload_text_encoder and self.device.type == "cuda":
+            text_encoder.pin_host_copy()
         self.defaults, self.name, self.examples = defaults, name, tuple(examples)
         self._prompts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # see encode_prompt
+        # Held while a prompt is encoded: concurrent requests must not move an offloaded encoder away from under
+        # each other, nor change the prompt cache while another reads it.
+        self._text_lock = threading.Lock()
 
     # ---- loading and saving ----
 
@@ -128,8 +137,9 @@ class InfinityPipeline:
         """The embedded model (None), a released model by name, or a folder: ours (pipeline.json) or one holding
         official weight files.
 
-        device: default CUDA when available. dtype: default bf16 on CUDA for the released models (as the official
-        inference), fp32 otherwise. text_encoder_device: default `device`; "cpu" keeps it there; "offload" keeps
+        device: default CUDA when available. dtype: of the transformer's blocks; default (`precision.auto_dtype`)
+        bf16 for the released models on CUDA (as the official inference) and on CPUs that multiply bf16 natively,
+        fp32 otherwise. text_encoder_device: default `device`; "cpu" keeps it there; "offload" keeps
         it on the CPU and moves it to `device` only while encoding. local_files_only / cache_dir: for the Hugging
         Face hub (official weights and Flan-T5).
         """
@@ -171,7 +181,7 @@ class InfinityPipeline:
         logger.info("loaded %s from %s", folder.name, folder)
         return cls(
             tokenizer, transformer, text_encoder, config["schedules"], config["defaults"], folder.name,
-            device, dtype or torch.float32, examples=config["examples"], offload_text_encoder=offload,
+            device, dtype or auto_dtype(device, released=False), examples=config["examples"], offload_text_encoder=offload,
         )
 
     @classmethod
@@ -179,7 +189,7 @@ class InfinityPipeline:
         cls, name: str, weights_dir: Path | None, device, dtype, text_encoder_device, local_files_only, cache_dir
     ) -> InfinityPipeline:
         model = OFFICIAL_MODELS[name]
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = dtype or auto_dtype(device, released=True)
         tokenizer, transformer = load_official(model, weights_dir, cache_dir, local_files_only, dtype)
         text_encoder, offload = _load_text_encoder(
             {"kind": "t5", "name": model.text_encoder}, device, text_encoder_device, local_files_only, cache_dir
@@ -215,7 +225,24 @@ class InfinityPipeline:
 
     @property
     def device_name(self) -> str:
-        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type.upper()
+        """The GPU's name once CUDA is up, else the device type. It never initialises CUDA itself: on a ZeroGPU
+        Space that may only happen inside a GPU call."""
+        if self.device.type == "cuda" and torch.cuda.is_initialized():
+            return torch.cuda.get_device_name(self.device)
+        return self.device.type.upper()
+
+    def quantize_int8(self) -> InfinityPipeline:
+        """Opt-in for CPUs: the transformer's block Linear layers as dynamically quantized int8 (`precision.py`).
+        The pipeline must be fp32 on the CPU. Returns the pipeline."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise ValueError(f"int8 needs an fp32 pipeline on the CPU, this one is {self.dtype} on {self.device}")
+        quantize_int8_(self.transformer.blocks)
+        return self
+
+    @property
+    def precision(self) -> str:
+        """What the transformer's blocks compute in: "float32", "bfloat16", "float16" or "int8"."""
+        return precision_name(self.transformer)
 
     def schedule(self, aspect_ratio: str) -> Schedule:
         if not isinstance(aspect_ratio, str) or aspect_ratio not in self.schedules:
@@ -226,22 +253,24 @@ class InfinityPipeline:
         """Text features (1, T, E) and length (1,) of one prompt, on the pipeline's device.
 
         The last PROMPT_CACHE_SIZE prompts are remembered: generating again with another seed or option (what
-        the app does most) skips the text encoder. The tensors are shared: treat them as read-only.
+        the app does most) skips the text encoder. The tensors are shared: treat them as read-only. Safe to call
+        from several threads (the app's concurrency): one prompt is encoded at a time.
         """
-        if prompt in self._prompts:
-            self._prompts.move_to_end(prompt)
-            return self._prompts[prompt]
-        if self.offload_text_encoder:
-            self.text_encoder.to(self.device)
-        try:
-            text_BTE, lens_B = self.text_encoder.encode([prompt])
-        finally:
+        with self._text_lock:
+            if prompt in self._prompts:
+                self._prompts.move_to_end(prompt)
+                return self._prompts[prompt]
             if self.offload_text_encoder:
-                self.text_encoder.to("cpu")
-        self._prompts[prompt] = text_BTE.to(self.device), lens_B.to(self.device)
-        while len(self._prompts) > PROMPT_CACHE_SIZE:
-            self._prompts.popitem(last=False)
-        return self._prompts[prompt]
+                self.text_encoder.to(self.device)
+            try:
+                text_BTE, lens_B = self.text_encoder.encode([prompt])
+            finally:
+                if self.offload_text_encoder:
+                    self.text_encoder.to("cpu")
+            self._prompts[prompt] = text_BTE.to(self.device), lens_B.to(self.device)
+            while len(self._prompts) > PROMPT_CACHE_SIZE:
+                self._prompts.popitem(last=False)
+            return self._prompts[prompt]
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, aspect_ratio: str = "1:1") -> list[torch.Tensor]:
@@ -290,13 +319,15 @@ class InfinityPipeline:
             negative = self.encode_prompt(negative_prompt) if negative_prompt.strip() else (None, None)
         negative_BTE, negative_lens_B = negative
 
-        # 3. Sample. The official sampler returns BGR uint8; ours gives RGB in [-1, 1], nothing to swap.
-        return sample_scales(
+        # 3. Sample, the blocks under autocast to their dtype. The official sampler returns BGR uint8; ours gives
+        #    RGB in [-1, 1], nothing to swap.
+        events = sample_scales(
             self.transformer, self.tokenizer, text_BTE, lens_B, schedule,
             generator=torch.Generator(self.device).manual_seed(seed),
             negative_text_BTE=negative_BTE, negative_lens_B=negative_lens_B,
             prefix_bits=prefix_bits, intervention=intervention, preview=preview, timer=timer, **options,
         )
+        return autocast_events(events, self.device, compute_dtype(self.transformer))
 
     def __call__(
         self,
@@ -328,6 +359,14 @@ class InfinityPipeline:
 
 
 # ---- components ----
+
+
+def prepare_device(device: torch.device) -> None:
+    """CUDA: fp32 matmuls and convolutions (the VAE, an fp32 transformer) on TF32 tensor cores, as PyTorch's
+    `set_float32_matmul_precision("high")` asks; a 10-bit mantissa is far below what sampling bits can tell."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _check_schedules(

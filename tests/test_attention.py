@@ -11,6 +11,8 @@ from infinity.transformer.blocks import attention, attention_backend, set_attent
 @pytest.fixture(autouse=True)
 def no_choice(monkeypatch):
     monkeypatch.delenv(blocks.ATTENTION_ENV, raising=False)
+    monkeypatch.setattr(blocks, "_proven", set())
+    monkeypatch.setattr(blocks, "_broken", set())
     set_attention_backend(None)
     yield
     set_attention_backend(None)
@@ -128,3 +130,39 @@ def test_library_branches_pass_the_documented_layout_and_arguments(backend, monk
         assert seen["shape"] == (2, 5, 3, 8)
         assert seen["dtype"] == (torch.float32 if backend == "xformers" else torch.bfloat16)
     assert attention(q, k, v).dtype == torch.float32
+
+
+def test_auto_drops_a_library_that_fails_its_first_call_once_and_logged(monkeypatch, caplog):
+    """A wheel built for another torch imports (with a warning) and fails when called: "auto" falls back to SDPA."""
+    calls = []
+
+    def broken_flash(q, k, v, softmax_scale=None):
+        calls.append("flash")
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.\n(more lines)")
+
+    monkeypatch.setattr(blocks, "_kernel", lambda name: broken_flash if name == "flash" else None)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # what _kernel_for reads
+    q, k, v = (t.to(torch.bfloat16) for t in _qkv())
+    expected = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 5, 24)
+    with caplog.at_level("WARNING", logger=blocks.__name__):
+        for _ in range(3):
+            torch.testing.assert_close(attention(q, k, v), expected)
+    assert calls == ["flash"]  # tried once, then SDPA
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "'flash' failed its first call (RuntimeError: FlashAttention only" in warnings[0]
+
+
+def test_a_chosen_library_that_fails_raises_and_a_proven_one_is_not_dropped(monkeypatch):
+    def broken(q, k, v, softmax_scale=None):
+        raise RuntimeError("kernel launch failed")
+
+    monkeypatch.setattr(blocks, "_kernel", lambda name: broken)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    q, k, v = (t.to(torch.bfloat16) for t in _qkv())
+    set_attention_backend("flash")  # asked for by name: its failure is the user's to see
+    with pytest.raises(RuntimeError, match="kernel launch failed"):
+        attention(q, k, v)
+    set_attention_backend(None)
+    blocks._proven.add("flash")  # worked before: a later failure is a real error, not a broken build
+    with pytest.raises(RuntimeError, match="kernel launch failed"):
+        attention(q, k, v)

@@ -7,16 +7,20 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from infinity.bench import __main__ as bench_cli
-from infinity.bench.flops import decode_flops, transformer_flops
+from infinity.bench.flops import decode_flops, prompt_tokens, transformer_flops
 from infinity.bench.harness import STAGE_NAMES, StageClock, Timings, Run
 from infinity.bench.models import RandomTokens, build, fill_random_, random_model
 from infinity.pipeline import PROMPT_CACHE_SIZE
+from infinity.precision import cpu_model
 from infinity.sampling import STAGES, decode_preview, preview_grid, sample_scales
 from infinity.schedules import Schedule, get_schedule
+from infinity.text import T5TextEncoder
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
 from infinity.transformer import Infinity, TransformerConfig
 
@@ -58,6 +62,8 @@ def bench_json(tmp_path_factory):
 def test_bench_json_has_the_documented_schema(bench_json):
     assert bench_json["preset"] == "shapes-tiny" and bench_json["device"] == "cpu"
     assert bench_json["weights"] == "random" and bench_json["runs_count"] == 3 and len(bench_json["runs"]) == 3
+    assert bench_json["dtype"] == "float32" and bench_json["cpu_model"] == cpu_model() != ""
+    assert [len(v) for v in bench_json["load_average"].values()] == [3, 3]  # what else ran, at start and end
     assert isinstance(bench_json["median_s"], float) and bench_json["median_s"] > 0
     assert isinstance(bench_json["peak_memory_bytes"], int) and bench_json["peak_memory_bytes"] > 0
     K = len(bench_json["schedule"])
@@ -112,6 +118,15 @@ def test_bench_cli_refuses_cuda_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         bench_cli.parse_args(["--device", "cuda"])
     assert "this machine has no usable CUDA GPU; use --device cpu" in capsys.readouterr().err
+
+
+def test_bench_int8_runs_quantized_blocks(tmp_path):
+    path = tmp_path / "int8.json"
+    argv = ["--preset", "shapes-tiny", "--device", "cpu", "--threads", "1", "--runs", "1", "--dtype", "int8",
+            "--json", str(path)]
+    assert bench_cli.main(argv) == 0
+    result = json.loads(path.read_text())
+    assert result["dtype"] == "int8" and any("int8" in note for note in result["notes"])
 
 
 def test_bench_cli_unknown_aspect_ratio_is_one_line(capsys):
@@ -257,9 +272,10 @@ def test_random_models_are_built_once_with_finite_values():
     model = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32, seed=0)
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
     assert torch.equal(model.text_norm.weight, torch.ones(TINY.text_channels))  # norm scales 1
-    again = fill_random_(random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32, seed=5),
-                         torch.Generator().manual_seed(0))
+    again = fill_random_(random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32, seed=5), 0)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    half = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.bfloat16, seed=0)
+    assert all(torch.equal(a.bfloat16(), b) for a, b in zip(model.parameters(), half.parameters()))  # rounded
 
 
 def test_released_models_are_refused_before_allocating_more_than_the_ram(monkeypatch):
@@ -276,6 +292,16 @@ def test_random_tokens_pad_like_the_t5_path():
     assert padded["input_ids"].shape == (2, 10) and padded["attention_mask"].sum(dim=1).tolist() == [6, 6]
     assert (padded["input_ids"][:, 5] == 1).all() and (padded["input_ids"][:, 6:] == 0).all()
     assert tokens(["a"], max_length=4, padding="longest")["input_ids"].shape == (1, 4)
+
+
+def test_bench_t5_runs_at_the_prompts_length():
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    encoder = T5TextEncoder(RandomTokens(num_tokens=6, vocab_size=100), T5EncoderModel(config))
+    assert prompt_tokens(encoder, "a prompt") == (6, 6)  # what the FLOP count and the encoder run over
+    text_BTE, lens_B = encoder.encode(["a prompt"])
+    assert text_BTE.shape == (1, 6, 32) and lens_B.tolist() == [6]
 
 
 # ---- benchmarks/h100_vs_official.py ----
@@ -326,3 +352,59 @@ def test_flash_attn_stand_in_matches_per_prompt_attention(h100_script):
         assert torch.allclose(out[b * Lq : (b + 1) * Lq], expected.transpose(0, 1), atol=1e-6)
     dense = flash.flash_attn_func(q.view(2, Lq, H, c), q.view(2, Lq, H, c), q.view(2, Lq, H, c), softmax_scale=0.3)
     assert dense.shape == (2, Lq, H, c)
+
+
+def test_int8_random_transformer_is_built_quantized_block_by_block():
+    from infinity.bench.models import parameter_bytes, random_int8_transformer
+
+    model = random_int8_transformer(TINY)
+    fp32 = random_model(lambda: Infinity(TINY), torch.device("cpu"), torch.float32)
+    for name, q in model.blocks.named_modules():  # int8 of the same fp32 weights
+        if isinstance(q, torch.ao.nn.quantized.dynamic.Linear):
+            w = fp32.blocks.get_submodule(name).weight
+            assert (q.weight().dequantize() - w).abs().max() <= w.abs().max() / 127
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.blocks.modules())  # every Linear of the blocks is int8
+    quantized = sum(m.weight.numel() for m in fp32.blocks.modules() if isinstance(m, torch.nn.Linear))
+    assert parameter_bytes(model) == parameter_bytes(fp32) - 3 * quantized
+    text = model.encode_text(torch.randn(2, 5, TINY.text_channels), torch.tensor([5, 3]))
+    logits = model.step(0, None, text, model.new_cache(2, SCHEDULE), SCHEDULE)
+    assert logits.shape == (2, 1, TINY.vocab) and torch.isfinite(logits).all()
+
+
+def test_int8_memory_check_counts_one_byte_per_quantized_weight(monkeypatch):
+    from infinity.bench import models
+
+    monkeypatch.setattr(models, "_available_ram", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"Infinity-8B in int8 with a T5-XL encoder needs (9|1\d)\.\d GiB"):
+        models.build("infinity-8b", torch.device("cpu"), "int8", budget="0.06M")
+
+
+def test_compare_reports_psnr_and_the_bits_that_differ_per_scale(tmp_path, capsys):
+    from infinity.bench.compare import main, save_outputs
+
+    image = np.full((8, 8, 3), 100, dtype=np.uint8)
+    bits = [torch.zeros(1, 1, 1, 4, dtype=torch.uint8), torch.zeros(1, 2, 2, 4, dtype=torch.uint8)]
+    save_outputs(tmp_path / "a.npz", Image.fromarray(image), bits)
+    other_bits = [bits[0], bits[1].clone()]
+    other_bits[1][0, 0, 0, :2] = 1  # 2 of the 16 bits of scale 1
+    other = image.copy()
+    other[0, 0, 0] = 110  # one value off by 10: MSE 100 / 192
+    save_outputs(tmp_path / "b.npz", Image.fromarray(other), other_bits)
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json", str(tmp_path / "d.json")]) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["bits_differ_per_scale"] == [0.0, 2 / 16] and result["first_scale_that_differs"] == 1
+    assert result["psnr_db"] == pytest.approx(10 * math.log10(255**2 * 192 / 100))
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+
+
+def test_bench_outputs_are_the_first_timed_image(tmp_path):
+    from infinity.bench.compare import load_outputs
+
+    argv = ["--preset", "shapes-tiny", "--device", "cpu", "--threads", "1", "--runs", "1", "--outputs",
+            str(tmp_path / "o.npz"), "--seed", "4"]
+    assert bench_cli.main(argv) == 0
+    image, bits = load_outputs(tmp_path / "o.npz")
+    pipe = build("shapes-tiny", torch.device("cpu")).pipe
+    out = pipe(f"{bench_cli.DEFAULT_PROMPT} 0", seed=4, cfg=pipe.defaults.cfg)
+    assert np.array_equal(image, np.asarray(out.image)) and all(np.array_equal(a, b.numpy()) for a, b in zip(bits, out.bits))

@@ -253,8 +253,11 @@ def test_sharded_checkpoint_loads(tmp_path, random_model, fmt):
         for (k, a), (_, b) in zip(random_model.state_dict().items(), model.state_dict().items(), strict=True):
             assert torch.equal(a, b) and not b.is_meta, k
     half = load_official_transformer(index.parent, SHARDED, dtype=torch.bfloat16)
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
-    assert torch.equal(half.head.weight, random_model.head.weight.to(torch.bfloat16))
+    # The official bf16 scheme: the blocks' weights in bf16, their norms and everything outside them in fp32.
+    assert {p.dtype for n, p in half.named_parameters() if n.startswith("blocks.") and "norm" not in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in half.named_parameters() if not n.startswith("blocks.")} == {torch.float32}
+    assert torch.equal(half.blocks[0].ffn.fc1.weight, random_model.blocks[0].ffn.fc1.weight.to(torch.bfloat16))
+    assert torch.equal(half.head.weight, random_model.head.weight)
 
 
 def test_loading_assigns_the_read_tensors_without_a_copy(tmp_path, random_model, monkeypatch):

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from infinity import pipeline as pipeline_module
+from infinity import precision
 from infinity.checkpoints import CheckpointError
 from infinity.official import OFFICIAL_MODELS, OfficialModel, WeightsNotFoundError, find_weights
 from infinity.options import SamplingDefaults
@@ -278,6 +279,7 @@ def use_tiny_official(monkeypatch, minilm, name: str) -> OfficialModel:
                     budget="0.06M")
     monkeypatch.setitem(OFFICIAL_MODELS, name, model)
     monkeypatch.setattr(T5TextEncoder, "from_pretrained", lambda *args, **kwargs: minilm)
+    monkeypatch.setattr(precision, "cpu_flags", lambda *args: frozenset())  # fp32 on any CPU: exact weights below
     monkeypatch.delenv("INFINITY_WEIGHTS_DIR", raising=False)
     return model
 

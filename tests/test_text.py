@@ -105,18 +105,47 @@ def test_t5_packs_valid_rows():
         assert text_BTE[i, lens_B[i] :].abs().sum() == 0
 
 
-def test_t5_pads_to_max_length_like_the_official_code():
-    encoder = tiny_t5(max_length=16)
-    seen = {}
+def run_lengths(encoder):
+    """The token counts the encoder's network is run over, one entry per call."""
+    seen = []
     model_forward = encoder.model.forward
 
     def spy(input_ids, attention_mask):
-        seen["shape"] = tuple(input_ids.shape)
+        seen.append(input_ids.shape[1])
         return model_forward(input_ids=input_ids, attention_mask=attention_mask)
 
     encoder.model.forward = spy
+    return seen
+
+
+def test_t5_runs_at_the_prompts_length_or_pads_like_the_official_code():
+    encoder = tiny_t5(max_length=16)
+    seen = run_lengths(encoder)
     encoder.encode(["a red cube"])
-    assert seen["shape"] == (1, 16)
+    official = T5TextEncoder(encoder.tokenizer, encoder.model, max_length=16, pad_to_max_length=True)
+    official.encode(["a red cube"])
+    assert seen == [4, 16]  # 3 words + </s>; the official padding to max_length
+
+
+@pytest.mark.parametrize("max_length", [16, 512])
+def test_prompt_length_encoding_equals_the_padded_encoding(max_length):
+    """The official code pads to 512 and masks the padding; T5's relative position bias, layer norms and
+    feed-forward layers see each token alone, so the prompt's tokens get the same features unpadded."""
+    encoder = tiny_t5(max_length=max_length)
+    with torch.no_grad():  # random weights of a larger spread than the init, so every layer matters
+        for p in encoder.model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    padded = T5TextEncoder(encoder.tokenizer, encoder.model, max_length=max_length, pad_to_max_length=True)
+    seen = run_lengths(encoder)
+    for prompt in PROMPTS:
+        short_1TE, short_lens = encoder.encode([prompt])
+        long_1TE, long_lens = padded.encode([prompt])
+        assert torch.equal(short_lens, long_lens) and seen[-2:] == [short_lens.item(), max_length]
+        torch.testing.assert_close(short_1TE, long_1TE, atol=1e-5, rtol=1e-5)
+    # Several prompts at once pad to the longest of them; the valid rows are the same again.
+    batch_BTE, lens_B = encoder.encode(PROMPTS)
+    full_BTE, _ = padded.encode(PROMPTS)
+    torch.testing.assert_close(batch_BTE, full_BTE, atol=1e-5, rtol=1e-5)
 
 
 def test_t5_truncates_keeping_eos():
@@ -132,9 +161,10 @@ def test_t5_from_pretrained_folder(tmp_path):
     encoder.tokenizer.save_pretrained(tmp_path)
     loaded = T5TextEncoder.from_pretrained(tmp_path, local_files_only=True)
     assert loaded.max_length == 512
+    seen = run_lengths(loaded)
     expected_BTE, expected_lens = encoder.encode(PROMPTS)
     text_BTE, lens_B = loaded.encode(PROMPTS)
-    assert torch.equal(lens_B, expected_lens)
+    assert torch.equal(lens_B, expected_lens) and seen == [13]  # the longest prompt's tokens, not 512
     torch.testing.assert_close(text_BTE, expected_BTE, atol=1e-5, rtol=1e-5)
 
 

@@ -14,6 +14,17 @@ logger = logging.getLogger(__name__)
 MODEL_ENV = "INFINITY_MODEL"  # the model to serve when --model is not given: a released name or a folder
 
 
+def import_spaces() -> bool:
+    """Import `spaces` (Hugging Face ZeroGPU) when it is installed; whether it is. It must come before anything
+    initialises CUDA (loading the model onto the GPU does): it patches torch so that the GPU is attached per call,
+    and refuses to start, or leaves the model on the CPU, when CUDA is up already."""
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def gpu(fn: Callable, duration: int = 60) -> Callable:
     """`fn` under `spaces.GPU` (a GPU is attached per call on a ZeroGPU Space) when the `spaces` package is
     importable, `fn` itself everywhere else."""

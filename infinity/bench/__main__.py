@@ -19,21 +19,27 @@ from pathlib import Path
 
 import torch
 
+from ..precision import INT8, cpu_model
 from ..schedules import BUDGETS
+from .compare import save_outputs
 from .flops import image_flops
 from .harness import Timings, benchmark, matmul_gflops, process_peak_rss
 from .models import PRESETS, PROMPT_TOKENS, build, parameter_bytes
 
 DEFAULT_PROMPT = "a red cube to the left of a blue ball, on a wooden table"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.compile of every transformer block: "default" (Inductor kernels) or "reduce-overhead" (the same, replayed
+# as CUDA graphs); the first images pay for compiling, so use --warmup.
+COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m infinity.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESETS, default="embedded")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="transformer dtype; auto: bf16 for the released models on CUDA (as official), else fp32")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES, INT8], default="auto",
+                        help="of the transformer's blocks; auto: bf16 for the released models on CUDA (as official) "
+                             "and on CPUs with native bf16, else fp32; int8: fp32 with int8 Linear layers (CPU)")
     parser.add_argument("--budget", choices=list(BUDGETS), default=None,
                         help="pixel budget of the released models' schedules (default 1M)")
     parser.add_argument("--aspect-ratio", default="1:1")
@@ -45,9 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed images first (default 2; 0 with --runs 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                        help="torch.compile every transformer block (reduce-overhead: with CUDA graphs)")
     parser.add_argument("--previews", action="store_true",
                         help="also time the stream with a preview at every scale and report what previews add")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="save the first timed image and its bits here (.npz, for python -m infinity.bench.compare)")
     args = parser.parse_args(argv)
 
     if args.device is None:
@@ -67,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup = 2 if args.runs > 1 else 0
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.dtype == INT8 and device.type != "cpu":
+        parser.error(f"--dtype int8 runs on the CPU only, not on {device}")
     if args.threads is not None and (args.threads < 1 or device.type != "cpu"):
         parser.error(f"--threads needs a positive count and --device cpu, got {args.threads} on {device}")
     if args.prompt_tokens < 1:
@@ -88,9 +100,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    dtype = None if args.dtype == "auto" else DTYPES[args.dtype]
+    load_at_start = _load_average()
+    dtype = None if args.dtype == "auto" else DTYPES.get(args.dtype, args.dtype)
     model = build(args.preset, args.device, dtype, args.budget, args.prompt_tokens)
     pipe = model.pipe
+    if args.compile != "off":
+        for block in pipe.transformer.blocks:
+            block.compile(mode=args.compile, dynamic=True)  # one graph for every scale's token count
     schedule = pipe.schedule(args.aspect_ratio)
     cfg = pipe.defaults.cfg if args.cfg is None else args.cfg
 
@@ -101,6 +117,8 @@ def _run(args: argparse.Namespace) -> dict:
         return timings, memory.peak_bytes, memory.source
 
     timings, peak_bytes, peak_source = timed(preview=False)
+    if args.outputs is not None:
+        save_outputs(args.outputs, timings.runs[0].image, timings.runs[0].bits)
     with_previews = timed(preview=True)[0] if args.previews else None
     flops = image_flops(pipe, schedule, args.prompt, guided=cfg != 1)
     stages = timings.stage_medians()
@@ -113,7 +131,9 @@ def _run(args: argparse.Namespace) -> dict:
         "preset": args.preset,
         "device": args.device.type,
         "device_name": pipe.device_name,
-        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "cpu_model": cpu_model(),
+        "load_average": {"start": load_at_start, "end": _load_average()},
+        "dtype": pipe.precision,
         "threads": torch.get_num_threads() if args.device.type == "cpu" else None,
         "torch": torch.__version__,
         "weights": model.weights,
@@ -125,6 +145,7 @@ def _run(args: argparse.Namespace) -> dict:
         "prompt": args.prompt,
         "runs_count": args.runs,
         "warmup": args.warmup,
+        "compile": args.compile,
         "median_s": timings.median_s,
         "stages": stages,
         "runs": [{"total_s": r.total_s, "stages": r.stages} for r in timings.runs],
@@ -154,15 +175,23 @@ def _run(args: argparse.Namespace) -> dict:
     return result
 
 
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages when the run ended: other work on a shared machine shows here."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def format_table(result: dict) -> str:
     """The results as the text table the command prints."""
     stages, total = result["stages"], result["median_s"]
-    where = result["device_name"] + (f", threads: {result['threads']}" if result["threads"] else "")
+    where = (result["cpu_model"] if result["device"] == "cpu" else result["device_name"]) + (f", threads: {result['threads']}" if result["threads"] else "")
     h, w = result["image_hw"]
     lines = [
         f"{result['preset']} ({result['weights']} weights), {where}, {result['dtype']}, {result['aspect_ratio']} "
         f"{h}x{w} ({len(result['schedule'])} scales), cfg {result['cfg']}: median of {result['runs_count']} runs "
-        f"after {result['warmup']} warm-up",
+        f"after {result['warmup']} warm-up" + (f", torch.compile {result['compile']}" if result["compile"] != "off" else ""),
         *(f"  note: {note}" for note in result["notes"]),
         f"{'stage':<28}{'median ms':>10}{'share':>8}",
     ]

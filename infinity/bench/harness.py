@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ..images import to_pil
 from ..pipeline import InfinityPipeline
@@ -81,21 +82,26 @@ def _sync(device: torch.device) -> None:
 class Run:
     total_s: float
     stages: dict[str, float]
+    image: Image.Image | None = None  # with keep=True: the image and every scale's bits (1, h, w, d) uint8
+    bits: list[torch.Tensor] | None = None
 
 
 def time_one(
-    pipe: InfinityPipeline, prompt: str, aspect_ratio: str, seed: int, cfg: float, preview: bool
+    pipe: InfinityPipeline, prompt: str, aspect_ratio: str, seed: int, cfg: float, preview: bool, keep: bool = False
 ) -> Run:
-    """One image, prompt to PIL, timed end to end and per stage."""
+    """One image, prompt to PIL, timed end to end and per stage; keep: also return the image and the bits."""
     clock = StageClock(pipe.device)
+    bits = [] if keep else None
     _sync(pipe.device)
     start = time.perf_counter()
     for event in pipe.stream(prompt, aspect_ratio=aspect_ratio, cfg=cfg, seed=seed, preview=preview, timer=clock):
-        pass
+        if keep:
+            bits.append(event.bits_Bhwd)
     with clock("to_pil"):
-        to_pil(event.image_B3HW[0])
+        image = to_pil(event.image_B3HW[0])
     _sync(pipe.device)
-    return Run(time.perf_counter() - start, clock.seconds())
+    total = time.perf_counter() - start
+    return Run(total, clock.seconds(), image if keep else None, [b.cpu() for b in bits] if keep else None)
 
 
 # ---- memory ----
@@ -186,13 +192,14 @@ def benchmark(
     warmup: int,
 ) -> tuple[Timings, PeakMemory]:
     """`warmup` untimed images, then `runs` timed ones under a peak-memory probe. Every image has a prompt of its
-    own (`prompt` plus a number), so the pipeline's prompt cache never skips the text encoder."""
+    own (`prompt` plus a number), so the pipeline's prompt cache never skips the text encoder. The first timed
+    run keeps its image and bits (`Run.image`, `Run.bits`)."""
     for i in range(warmup):
         time_one(pipe, f"{prompt} {i}", aspect_ratio, seed + i, cfg, preview)
     timings = Timings()
     with PeakMemory(pipe.device) as memory:
         for i in range(warmup, warmup + runs):
-            timings.runs.append(time_one(pipe, f"{prompt} {i}", aspect_ratio, seed + i, cfg, preview))
+            timings.runs.append(time_one(pipe, f"{prompt} {i}", aspect_ratio, seed + i, cfg, preview, keep=i == warmup))
     return timings, memory
 
 

@@ -10,6 +10,7 @@ encoder, Flan-T5-XL, is replaced by a T5 encoder of the same sizes with random w
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from ..official import OFFICIAL_MODELS, WeightsNotFoundError, official_schedules
 from ..options import SamplingDefaults
 from ..pipeline import EMBEDDED_DIR, InfinityPipeline
+from ..precision import INT8, auto_dtype, cast_blocks_, quantize_int8_
 from ..text import MiniLMTextEncoder, T5TextEncoder
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import RECIPES
@@ -44,30 +46,39 @@ class BenchModel:
 
 
 @torch.no_grad()
-def fill_random_(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> nn.Module:
+def fill_random_(module: nn.Module, seed: int, std: float = 0.02, prefix: str = "") -> nn.Module:
     """Fill every parameter in place: norm scales (1-D `weight`s) with 1, everything else with N(0, std).
 
-    Finite, ordinary values, so that no kernel meets NaNs or denormals (which would time differently).
+    Finite, ordinary values, so that no kernel meets NaNs or denormals (which would time differently). Each
+    parameter's values depend only on the seed and its name (`prefix` + its name in `module`), drawn in fp32 and
+    then cast: a model built in bf16, or part by part, holds the rounded values of the same fp32 model, so images
+    of different precisions can be compared.
     """
     for name, p in module.named_parameters():
         if p.ndim == 1 and name.endswith("weight"):
             p.fill_(1.0)
         else:
-            p.normal_(0.0, std, generator=generator)
+            generator = torch.Generator(p.device).manual_seed(seed * 1_000_003 + zlib.crc32((prefix + name).encode()))
+            if p.dtype == torch.float32:
+                p.normal_(0.0, std, generator=generator)
+            else:
+                p.copy_(torch.empty(p.shape, device=p.device).normal_(0.0, std, generator=generator))
     return module
 
 
-def random_model(build, device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
-    """`build()` on the meta device, then storage on `device` in `dtype` and random values: one copy, ever."""
+def random_model(build, device: torch.device, dtype: torch.dtype | None, seed: int = 0) -> nn.Module:
+    """`build()` on the meta device, then storage on `device` in `dtype` (None: the dtypes `build` gave) and
+    random values: one copy, ever."""
     with torch.device("meta"):
-        module = build().to(dtype)
+        module = build() if dtype is None else build().to(dtype)
     module.to_empty(device=device)
-    return fill_random_(module, torch.Generator(device).manual_seed(seed)).eval().requires_grad_(False)
+    return fill_random_(module, seed).eval().requires_grad_(False)
 
 
 class RandomTokens:
     """Stands in for a T5 tokenizer: every prompt becomes `num_tokens` random ids ending with EOS (id 1), padded
-    with 0 as asked (`padding="max_length"` pads to max_length, as the official T5 path does)."""
+    with 0 as asked (`padding="max_length"` pads to max_length, as the official T5 path does; "longest" not at
+    all, as our T5 path runs)."""
 
     def __init__(self, num_tokens: int, vocab_size: int, seed: int = 0):
         if num_tokens < 1:
@@ -100,19 +111,25 @@ def random_t5_xl(device: torch.device, num_tokens: int = PROMPT_TOKENS, seed: in
 def build(
     preset: str,
     device: torch.device,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     budget: str | None = None,
     prompt_tokens: int = PROMPT_TOKENS,
 ) -> BenchModel:
-    """The pipeline of `preset` on `device`. dtype: default bf16 for the released models on CUDA, else fp32.
-    budget: pixel budget of the released models' schedules (default their own, 1M)."""
+    """The pipeline of `preset` on `device`. dtype: of the transformer's blocks, or "int8" (fp32 with int8 Linear
+    layers, CPU); default `precision.auto_dtype`. budget: pixel budget of the released models' schedules (default
+    their own, 1M)."""
+    if dtype == INT8 and preset not in OFFICIAL_MODELS:
+        model = build(preset, device, torch.float32, budget, prompt_tokens)
+        model.pipe.quantize_int8()
+        model.notes.append("int8: the transformer blocks' Linear layers dynamically quantized (torch.ao)")
+        return model
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if budget is not None and preset not in OFFICIAL_MODELS:
         raise ValueError(f"--budget applies to the released models ({', '.join(OFFICIAL_MODELS)}), not {preset}")
     if preset in OFFICIAL_MODELS:
         return _official(preset, device, dtype, budget or OFFICIAL_MODELS[preset].budget, prompt_tokens)
-    dtype = dtype or torch.float32
+    dtype = dtype or auto_dtype(device, released=False)
     if preset == "embedded" and EMBEDDED_DIR.is_dir():
         pipe = InfinityPipeline.from_pretrained(None, device=device, dtype=dtype)
         return BenchModel(pipe, f"loaded from {EMBEDDED_DIR}")
@@ -125,9 +142,24 @@ def build(
     return BenchModel(pipe, "random", notes)
 
 
+def random_int8_transformer(config, seed: int = 0) -> Infinity:
+    """A random fp32 transformer whose blocks are made and quantized to int8 one at a time (CPU): never more
+    than one fp32 block in memory, so an 8B model needs its int8 size (~9 GB), not its fp32 size (33 GB)."""
+    with torch.device("meta"):
+        model = Infinity(config)
+    blocks, model.blocks = model.blocks, nn.ModuleList()
+    fill_random_(model.to_empty(device="cpu"), seed)
+    for i, block in enumerate(blocks):  # the same values as random_model(Infinity(config)), before quantizing
+        quantize_int8_(fill_random_(block.to_empty(device="cpu"), seed, prefix=f"blocks.{i}."))
+    model.blocks = blocks
+    return model.eval().requires_grad_(False)
+
+
 def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens: int) -> BenchModel:
     model = OFFICIAL_MODELS[name]
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or auto_dtype(device, released=True)
+    int8 = dtype == INT8
+    dtype = torch.float32 if int8 else dtype
     try:
         loaded = InfinityPipeline.from_pretrained(name, device=device, dtype=dtype, local_files_only=True)
     except (WeightsNotFoundError, RuntimeError) as err:  # weights or Flan-T5 not on this machine
@@ -137,26 +169,32 @@ def _official(name: str, device: torch.device, dtype, budget: str, prompt_tokens
             loaded.tokenizer, loaded.transformer, loaded.text_encoder, official_schedules(budget), loaded.defaults,
             name, device, dtype, offload_text_encoder=loaded.offload_text_encoder,
         )
-        return BenchModel(pipe, "loaded (official weights, Flan-T5-XL)")
-    _check_memory(device, model, dtype)
+        return BenchModel(pipe.quantize_int8() if int8 else pipe, "loaded (official weights, Flan-T5-XL)")
+    _check_memory(device, model, INT8 if int8 else dtype)
     tokenizer = random_model(lambda: BitwiseTokenizer(model.tokenizer), device, torch.float32)
-    transformer = random_model(lambda: Infinity(model.transformer), device, dtype)
+    if int8:
+        transformer = random_int8_transformer(model.transformer)
+    else:
+        transformer = random_model(lambda: cast_blocks_(Infinity(model.transformer), dtype), device, None)
     encoder = random_t5_xl(device, prompt_tokens)
     schedules = official_schedules(budget)
     pipe = InfinityPipeline(tokenizer, transformer, encoder, schedules, model.defaults, name, device, dtype)
     notes = [
         f"official weights not found: random weights of the {model.title} shapes",
-        f"text encoder: a Flan-T5-XL-sized T5 encoder with random weights, {prompt_tokens} random tokens per prompt "
-        f"(padded to {encoder.max_length} as the official code does)",
-    ]
+        f"text encoder: a Flan-T5-XL-sized T5 encoder with random weights over {prompt_tokens} random tokens per "
+        f"prompt (the prompt's length; the official code pads to {encoder.max_length})",
+    ] + (["int8: the blocks' Linear layers dynamically quantized (torch.ao), built one block at a time"] if int8 else [])
     return BenchModel(pipe, "random", notes)
 
 
 def parameter_bytes(*modules: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    """Bytes of the modules' weights, the int8 weights (and fp32 biases) of quantized Linear layers included."""
+    quantized = [q for m in modules for q in m.modules() if isinstance(q, torch.ao.nn.quantized.dynamic.Linear)]
+    packed = sum(q.weight().numel() + (0 if q.bias() is None else 4 * q.bias().numel()) for q in quantized)
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) + packed
 
 
-def _check_memory(device: torch.device, model, dtype: torch.dtype) -> None:
+def _check_memory(device: torch.device, model, dtype: torch.dtype | str) -> None:
     """ValueError before allocating, when the weights alone exceed the RAM available (CPU runs only)."""
     available = _available_ram() if device.type == "cpu" else None
     if available is None:
@@ -165,7 +203,11 @@ def _check_memory(device: torch.device, model, dtype: torch.dtype) -> None:
 
     with torch.device("meta"):
         t5 = T5EncoderModel(T5Config(**FLAN_T5_XL_SIZES, is_encoder_decoder=False))
-        needed = parameter_bytes(Infinity(model.transformer).to(dtype), BitwiseTokenizer(model.tokenizer), t5)
+        transformer = cast_blocks_(Infinity(model.transformer), torch.float32 if dtype == INT8 else dtype)
+        needed = parameter_bytes(transformer, BitwiseTokenizer(model.tokenizer), t5)
+        if dtype == INT8:  # 1 byte instead of 4 for the weights of the Linear layers quantize_int8_ takes
+            linears = [m for m in transformer.blocks.modules() if isinstance(m, nn.Linear)]
+            needed -= 3 * sum(m.weight.numel() for m in linears)
     if needed > available:
         raise ValueError(
             f"{model.title} in {str(dtype).removeprefix('torch.')} with a T5-XL encoder needs {needed / 2**30:.1f} GiB "

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
+    if args.fsdp and getattr(args, "on_policy_share", 0.0) > 0:
+        raise ValueError("--fsdp cannot be combined with --on-policy-share: on-policy sampling calls the model's "
+                         "parts one by one, which FSDP does not gather; train with DDP (without --fsdp) instead")
     optim = OptimConfig(
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay,

@@ -8,10 +8,13 @@ Text is carried padded: text_BTC (projected to the width; raw features are text_
 Every attention goes through `attention`, which runs torch's scaled_dot_product_attention (SDPA) or, on CUDA,
 xformers' or flash-attn's kernel: automatically when one is installed, or as chosen with
 `set_attention_backend(name)` / the environment variable INFINITY_ATTENTION (auto, sdpa, xformers, flash).
+Under "auto", a library that imports but fails its first call (a wheel built for another torch or CUDA imports
+with a warning and fails when called) is dropped with one logged warning, and SDPA runs instead.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -23,6 +26,8 @@ import torch.nn.functional as F
 from .config import TransformerConfig
 from .kv_cache import KVCache
 from .rope import apply_rope
+
+logger = logging.getLogger(__name__)
 
 NORM_EPS = 1e-6
 # Cosine attention's learned per-head logit scale starts at 4 and is capped at 100 (Swin-v2 style).
@@ -48,6 +53,8 @@ ATTENTION_ENV = "INFINITY_ATTENTION"
 _LIBRARIES = {"xformers": "xformers", "flash": "flash_attn"}
 _HALF = (torch.float16, torch.bfloat16)
 _chosen_backend: str | None = None  # set by set_attention_backend; None defers to $INFINITY_ATTENTION
+_proven: set[str] = set()  # library kernels that have run in this process
+_broken: set[str] = set()  # library kernels that failed their first call under "auto": SDPA runs instead
 
 
 @functools.cache
@@ -105,9 +112,9 @@ def _kernel_for(q_BNlc: torch.Tensor, mask: torch.Tensor | None) -> str:
     if name == "auto":
         if not q_BNlc.is_cuda:
             return "sdpa"
-        if q_BNlc.dtype in _HALF and _kernel("flash") is not None:
+        if q_BNlc.dtype in _HALF and "flash" not in _broken and _kernel("flash") is not None:
             return "flash"
-        return "xformers" if _kernel("xformers") is not None else "sdpa"
+        return "xformers" if "xformers" not in _broken and _kernel("xformers") is not None else "sdpa"
     if not q_BNlc.is_cuda:
         raise RuntimeError(f"attention backend {name!r} runs on CUDA only, got tensors on {q_BNlc.device}")
     return name
@@ -126,20 +133,35 @@ def attention(
     """
     B, N, l, c = q_BNlc.shape
     kernel = _kernel_for(q_BNlc, mask)
-    if kernel == "sdpa":
-        out_BNlc = F.scaled_dot_product_attention(q_BNlc, k_BNLc, v_BNLc, attn_mask=mask, scale=scale)
-        return out_BNlc.transpose(1, 2).reshape(B, l, N * c)
+    if kernel != "sdpa":
+        try:
+            out_BlNc = _library_attention(kernel, q_BNlc, k_BNLc, v_BNLc, scale)
+        except Exception as err:  # whatever a broken build raises (RuntimeError, OSError, TypeError, ...)
+            if kernel in _proven or attention_backend() != "auto":
+                raise
+            _broken.add(kernel)
+            logger.warning("attention backend %r failed its first call (%s: %s); using SDPA instead",
+                           kernel, type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")
+        else:
+            _proven.add(kernel)
+            return out_BlNc.reshape(B, l, N * c)
+    out_BNlc = F.scaled_dot_product_attention(q_BNlc, k_BNLc, v_BNLc, attn_mask=mask, scale=scale)
+    return out_BNlc.transpose(1, 2).reshape(B, l, N * c)
+
+
+def _library_attention(
+    kernel: str, q_BNlc: torch.Tensor, k_BNLc: torch.Tensor, v_BNLc: torch.Tensor, scale: float | None
+) -> torch.Tensor:
+    """xformers' or flash-attn's kernel: (B, l, N, c)."""
     # Both libraries take and return (B, L, N, c) (head dim contiguous, which the transposes keep).
     q_BlNc, k_BLNc, v_BLNc = (t.transpose(1, 2) for t in (q_BNlc, k_BNLc, v_BNLc))
     if kernel == "xformers":
-        out_BlNc = _kernel("xformers")(q_BlNc, k_BLNc, v_BLNc, scale=scale)
-    else:
-        # flash-attn computes in fp16/bf16 only; like the official cross-attention, fp32 inputs run in bf16.
-        dtype = q_BlNc.dtype
-        if dtype not in _HALF:
-            q_BlNc, k_BLNc, v_BLNc = (t.to(torch.bfloat16) for t in (q_BlNc, k_BLNc, v_BLNc))
-        out_BlNc = _kernel("flash")(q_BlNc, k_BLNc, v_BLNc, softmax_scale=scale).to(dtype)
-    return out_BlNc.reshape(B, l, N * c)
+        return _kernel("xformers")(q_BlNc, k_BLNc, v_BLNc, scale=scale)
+    # flash-attn computes in fp16/bf16 only; like the official cross-attention, fp32 inputs run in bf16.
+    dtype = q_BlNc.dtype
+    if dtype not in _HALF:
+        q_BlNc, k_BLNc, v_BLNc = (t.to(torch.bfloat16) for t in (q_BlNc, k_BLNc, v_BLNc))
+    return _kernel("flash")(q_BlNc, k_BLNc, v_BLNc, softmax_scale=scale).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,7 +179,7 @@ def text_keys_values(
     """Per-head keys and values (B, N, T, c) of text tokens; keys have no bias, values `v_bias`."""
     B, T, _ = text_BTE.shape
     kv_bias = torch.cat([torch.zeros_like(v_bias), v_bias])
-    kv_BT2Nc = F.linear(text_BTE, mat_kv.weight, kv_bias).view(B, T, 2, num_heads, -1)
+    kv_BT2Nc = (mat_kv(text_BTE) + kv_bias).view(B, T, 2, num_heads, -1)  # a module call: int8 mat_kv runs too
     k_BNTc, v_BNTc = kv_BT2Nc.permute(2, 0, 3, 1, 4).unbind(0)
     return k_BNTc, v_BNTc
 
@@ -200,8 +222,9 @@ class SelfAttention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, l, _ = x_BlC.shape
+        # Called as a module (not F.linear on its weight) so that a quantized mat_qkv (precision.py) runs too.
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x_BlC, self.mat_qkv.weight, bias).view(B, l, 3, self.num_heads, -1)
+        qkv = (self.mat_qkv(x_BlC) + bias).view(B, l, 3, self.num_heads, -1)
         q_BNlc, k_BNlc, v_BNlc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         # Cosine attention: unit q and k, logits = learned per-head scale * cos(q, k); softmax scale 1.
         scale_mul = self.scale_mul_1H11.clamp_max(math.log(SCALE_MUL_MAX)).exp()

@@ -187,8 +187,9 @@ class Infinity(nn.Module):
     # ---- sampling ----
 
     def new_cache(self, batch_size: int, schedule: Schedule) -> KVCache:
-        """An empty KV cache for one sampling run of `schedule` (batch_size rows, CFG rows included)."""
-        p = self.pos_start
+        """An empty KV cache for one sampling run of `schedule` (batch_size rows, CFG rows included), in the dtype
+        of the blocks that fill it (bf16 blocks under autocast with an fp32 residual stream: a bf16 cache)."""
+        p = self.blocks[0].ada_gss
         c = self.config
         return KVCache(c.depth, batch_size, c.num_heads, schedule.seq_len, c.head_dim, device=p.device, dtype=p.dtype)
 
