@@ -45,6 +45,9 @@ def launched(model: str | os.PathLike, log: Path, timeout: float = 120.0):
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.one_thread
     env.pop("GRADIO_SERVER_NAME", None)
+    no_tokenizers = log.parent / "no-general-tokenizers"  # the tests' model meets only its own tokenizer
+    no_tokenizers.mkdir(exist_ok=True)
+    env["INFINITY_TOKENIZERS_DIR"] = str(no_tokenizers)
     start = time.perf_counter()
     with open(log, "w") as out:
         app = subprocess.Popen([sys.executable, "app.py", "--model", str(model), "--port", str(port)], cwd=ROOT,
