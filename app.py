@@ -155,8 +155,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
 
         with gr.Tab("Tokenizer", id="tokenizer"):
             gr.Markdown("An image encoded into a tokenizer's scales and decoded after each one: the model's own "
-                        "tokenizer or a general one (more bits per token reconstruct more; "
-                        f"'{ALL_TOKENIZERS}' runs every one on the same image).")
+                        "tokenizer or a general one, with the PSNR after every scale ("
+                        f"'{ALL_TOKENIZERS}' runs every one on the same image, to compare bit depths).")
             with gr.Row():
                 with gr.Column():
                     tk_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)

@@ -33,9 +33,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .folder import IMAGE_SUFFIXES as FOLDER_SUFFIXES
+
 logger = logging.getLogger("infinity.data.corpus")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tga")
+IMAGE_SUFFIXES = tuple(sorted(FOLDER_SUFFIXES))
 ARCHIVE_SUFFIXES = (".pk3", ".zip")
 MIN_SIDE = 64  # smaller files are icons or sprites, not pictures
 SHORT_SIDE = 192  # crops are stored at this short side: room for the trainer's random resized crops to 128 px
