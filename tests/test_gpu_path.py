@@ -151,13 +151,18 @@ def test_pinned_host_copy_is_reused_on_every_return_to_the_cpu(monkeypatch):
 # ---- TF32, FSDP ----
 
 
-def test_cuda_pipelines_let_fp32_matmuls_use_tf32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    pipeline_module.prepare_device(torch.device("cpu"))
-    assert not torch.backends.cuda.matmul.allow_tf32
-    pipeline_module.prepare_device(torch.device("cuda"))
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+def test_cuda_pipelines_let_fp32_matmuls_use_tf32():
+    # Saved and restored by hand: the cuBLAS settings object answers attribute access through properties that
+    # monkeypatch cannot undo (pytest >= 9.2 tries to delete them).
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        pipeline_module.prepare_device(torch.device("cpu"))
+        assert not torch.backends.cuda.matmul.allow_tf32
+        pipeline_module.prepare_device(torch.device("cuda"))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_fsdp_with_on_policy_sampling_is_refused_with_a_clear_message(tmp_path, capsys):
