@@ -31,14 +31,15 @@ LAUNCH_OPTIONS = dict(max_file_size="25mb", css=CSS)  # what main() passes to la
 
 
 def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency: int = 1,
-               tokenizers_dir: str | os.PathLike | None = None):
+               tokenizers_dir: str | os.PathLike | None = None, pair_dir: str | os.PathLike | None = None):
     """The Gradio app for `pipe`, queued: at most `max_queue` waiting requests, `concurrency` model calls at once
     (they share one concurrency group, the device). `model` is only named in the banner. `tokenizers_dir`: the
     folder of general tokenizer files offered for uploads (default: $INFINITY_TOKENIZERS_DIR, else
-    assets/tokenizers)."""
+    assets/tokenizers). `pair_dir`: the self-correction pair (default: assets/self-correction)."""
     import gradio as gr
 
-    from infinity.app.handlers import ALL_TOKENIZERS, AUTO, MAX_VARIATIONS, Handlers
+    from infinity.app.handlers import ALL_TOKENIZERS, AUTO, MAX_PAIR_SCENES, MAX_VARIATIONS, Handlers
+    from infinity.app.pair import PAIR_DIR, PairSlot, pair_intro
     from infinity.app.runtime import banner, gpu
     from infinity.app.tokenizers import TokenizerShelf
     from infinity.app.vocabulary import can_draw
@@ -46,7 +47,9 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
     from infinity.options import MAX_SEED
 
     shelf = TokenizerShelf(pipe, tokenizers_dir)
-    h = Handlers(pipe, shelf)
+    slot = PairSlot(pair_dir or PAIR_DIR)
+    h = Handlers(pipe, shelf, slot)
+    pair_info = slot.info()  # None: no pair in this checkout (the tab says so)
     ratios, d = pipe.aspect_ratios, pipe.defaults
     K = max(s.num_scales for s in pipe.schedules.values())
     small = max(max(s.pixel_hw) for s in pipe.schedules.values()) < 512
@@ -152,6 +155,26 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 gi_plot = gr.LinePlot(y="bits changed (%)", label="Bits that differ from the clean run, per scale",
                                       **per_scale)
                 gi_text = gr.Markdown()
+            with gr.Tab("Trained with vs without"):
+                gr.Markdown(pair_intro(pair_info))
+                # Without a pair the controls stay (a slider needs two values) and the button is disabled.
+                scenes = max(2, sum(pair_info["heldout"].values())) if pair_info else 2
+                pair_K = max(3, len(pair_info["schedule"])) if pair_info else 3
+                with gr.Row():
+                    with gr.Column():
+                        pa_scene = gr.Slider(1, scenes, value=1, step=1, label="Held-out scene")
+                        pa_scale = gr.Slider(1, pair_K - 1, value=min(2, pair_K - 1), step=1,
+                                             label="Flip bits at scale k (the true bits of scales 1..k are given)")
+                        pa_fraction = gr.Slider(0, 1, value=0.2, step=0.01, label="Fraction of scale k flipped")
+                    with gr.Column():
+                        pa_seed = gr.Number(0, label="Seed (flipped positions and sampling)", precision=0, minimum=0,
+                                            maximum=MAX_SEED)
+                        pa_count = gr.Slider(1, min(scenes, MAX_PAIR_SCENES), value=min(16, scenes), step=1,
+                                             label="Scenes the means are taken over")
+                        pa_run = gr.Button("Compare", variant="primary", elem_id="sc-pair",
+                                           interactive=pair_info is not None)
+                pa_sheet = sheet("The same flipped bits given to both models", "pa-sheet")
+                pa_text = gr.Markdown(elem_id="pa-text")
 
         with gr.Tab("Tokenizer", id="tokenizer"):
             gr.Markdown("An image encoded into a tokenizer's scales and decoded after each one: the model's own "
@@ -214,6 +237,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
             gpu(h.self_correction_generation), [gi_prompt, gi_aspect, gi_seed, gi_scale, gi_fraction],
             [gi_clean, gi_flipped, gi_diff, gi_plot, gi_text], api_name="self_correction_generation", **on_device,
         )
+        pa_run.click(gpu(h.self_correction_pair), [pa_scene, pa_scale, pa_fraction, pa_seed, pa_count],
+                     [pa_sheet, pa_text], api_name="self_correction_pair", **on_device)
         tk_run.click(gpu(h.tokenize), [tk_image, tk_aspect, tk_tokenizer], [tk_sheet, tk_plot, tk_text],
                      api_name="tokenize", **on_device)
         # The status is cleared first, so an error of this run is never shown beside the last run's "Done".

@@ -25,7 +25,7 @@ from PIL import Image
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention
 from ..tokenizer.model import unpatchify_bits
-from . import explorer, inputs, vocabulary
+from . import explorer, inputs, pair, vocabulary
 from .sheets import contact_sheet
 from .tokenizers import TokenizerShelf
 from .views import (
@@ -46,6 +46,7 @@ AUTO = "auto"  # aspect-ratio choice for uploads: the model's ratio nearest the 
 ALL_TOKENIZERS = "all, side by side"  # the Tokenizer tab's choice that runs every tokenizer on the same image
 MAX_CFG, MAX_TAU, MAX_TOP_K = 30.0, 5.0, 1_000_000
 MAX_VARIATIONS = 8
+MAX_PAIR_SCENES = 64  # held-out scenes one "trained with vs without" comparison may average over
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -123,9 +124,11 @@ def grid_labels(scales) -> list[str]:
 class Handlers:
     """The callbacks of one app, bound to one pipeline."""
 
-    def __init__(self, pipe: InfinityPipeline, tokenizers: TokenizerShelf | None = None):
+    def __init__(self, pipe: InfinityPipeline, tokenizers: TokenizerShelf | None = None,
+                 pair_slot: pair.PairSlot | None = None):
         self.pipe = pipe
         self.tokenizers = tokenizers or TokenizerShelf(pipe)
+        self.pair = pair_slot or pair.PairSlot()
         self.shapes_model = vocabulary.is_shapes_model(pipe)
 
     def notice(self, prompt: str) -> str:
@@ -273,6 +276,32 @@ class Handlers:
             f"final images: PSNR {psnr_db(clean, flipped):.2f} dB, mean |difference| {mean_abs:.1f}/255."
         )
         return enlarge(clean), enlarge(flipped), enlarge(diff), table, text
+
+    @user_errors
+    def self_correction_pair(self, scene, scale, fraction, seed, scenes_measured):
+        """The matched pair (trained with / without self-correction) given the same flipped bits: one held-out
+        scene's images as a sheet, and the recovery of both averaged over the first `scenes_measured` held-out
+        scenes, with the conclusion those means support."""
+        duo = self.pair.get()
+        index = inputs.integer("scene", scene, 1, len(duo.scenes)) - 1
+        k = inputs.integer("scale", scale, 1, duo.num_scales - 1)
+        fraction = inputs.number("flip fraction", fraction, 0.0, 1.0)
+        seed = inputs.seed(seed)
+        count = inputs.integer("scenes measured", scenes_measured, 1, min(MAX_PAIR_SCENES, len(duo.scenes)))
+        one = pair.compare_scene(duo, index, k, fraction, seed)
+        names = ["scene", pair.CLEAN, pair.NO_CORRECTION, *pair.ARMS]
+        short = {"scene": "the scene", pair.CLEAN: "clean recon.", pair.NO_CORRECTION: "no correction",
+                 "without": "trained without", "with": "trained with"}
+        labels = [short[n] if n not in one.psnr_db else f"{short[n]}: {one.psnr_db[n]:.1f} dB" for n in names]
+        hw = duo.pipes["with"].schedule(pair.ASPECT_RATIO).pixel_hw
+        sheet = contact_sheet([[one.images[n] for n in names]], [labels], hw)
+        rows = "\n".join(f"| {duo.label(n) if n in pair.ARMS else n} | {one.psnr_db[n]:.2f} dB | "
+                         f"{'yes' if one.parsed[n] else 'no'} |" for n in names[2:])
+        measured = pair.measure(duo, k, fraction, count, seed)
+        text = (f"Scene {index + 1}: '{one.caption}', {fraction:.0%} of scale {k}'s bits flipped, seed {seed}.\n\n"
+                "| this scene | PSNR vs its clean reconstruction | the scene parser reads the scene |\n"
+                f"|---|---|---|\n{rows}\n\n{pair.comparison_text(duo, measured)}")
+        return sheet, text
 
     # ---- 4. tokenizer ----
 

@@ -55,6 +55,46 @@ def _check(K: int, ks: Sequence[int], ps: Sequence[float]) -> None:
         raise ValueError(f"fractions p must be in [0, 1], got {list(ps)}")
 
 
+@dataclass
+class EncodedScenes:
+    """A batch of held-out scenes through the tokenizer: what every model compared is given."""
+
+    scenes: Sequence[Scene]
+    clean_B3HW: torch.Tensor  # all K scales' true bits decoded: what recovery is measured against
+    true_bits: list[torch.Tensor]  # per scale, (B, h, w, d) per transformer token, as the sampler takes them
+    text_BTE: torch.Tensor
+    lens_B: torch.Tensor
+
+
+@torch.no_grad()
+def encode_scenes(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:1") -> EncodedScenes:
+    """Render `scenes`, encode them with `pipe`'s tokenizer and their captions with its text encoder."""
+    schedule, s = pipe.schedule(aspect_ratio), pipe.spatial_patch
+    H, W = schedule.pixel_hw
+    x_B3HW = torch.cat([to_tensor_np(render(sc, H, W)) for sc in scenes]).to(pipe.device)
+    codes = pipe.tokenizer.encode_scales(x_B3HW, latent_scales(schedule.scales, s))
+    text_BTE, lens_B = pipe.text_encoder.encode([caption(sc) for sc in scenes])
+    return EncodedScenes(scenes, pipe.tokenizer.decode(codes.quantized), [patchify_bits(b, s) for b in codes.bits],
+                         text_BTE.to(pipe.device, pipe.transformer.pos_start.dtype), lens_B.to(pipe.device))
+
+
+@torch.no_grad()
+def intervene(pipe, encoded: EncodedScenes, k: int, p: float, *, aspect_ratio: str = "1:1", cfg: float = 1.0,
+              tau: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's result, the no-correction reference), (B, 3, H, W) each: the true bits of scales 1..k with
+    fraction `p` of scale k flipped (positions drawn from `seed`), then scales k+1..K sampled with generator
+    `seed` (the result) or taken from the true bits (the reference)."""
+    schedule, s = pipe.schedule(aspect_ratio), pipe.spatial_patch
+    _check(schedule.num_scales, [k], [p])
+    true_bits = encoded.true_bits
+    event = sample_image(pipe.transformer, pipe.tokenizer, encoded.text_BTE, encoded.lens_B, schedule, cfg=cfg,
+                         tau=tau, generator=torch.Generator(pipe.device).manual_seed(seed),
+                         prefix_bits=true_bits[:k], intervention=Intervention(k - 1, p, seed))
+    flipped = list(true_bits)
+    flipped[k - 1] = flip_fraction(true_bits[k - 1], p, seed)  # the positions the sampler flipped
+    return event.image_B3HW, pipe.tokenizer.decode_bits([unpatchify_bits(b, s) for b in flipped])
+
+
 @torch.no_grad()
 def recovery_curve(pipe, scenes: Sequence[Scene], ks: Sequence[int], ps: Sequence[float], *, aspect_ratio: str = "1:1",
                    cfg: float = 1.0, tau: float = 1.0, seed: int = 0, batch_size: int = 16) -> list[RecoveryPoint]:
@@ -63,39 +103,26 @@ def recovery_curve(pipe, scenes: Sequence[Scene], ks: Sequence[int], ps: Sequenc
     Batch i of the scenes samples with generator seed `seed + i` and flips the positions of seed `seed + i`, so
     the same call on another model sees the same prefixes, flips and random stream.
     """
-    schedule = pipe.schedule(aspect_ratio)
-    K, s = schedule.num_scales, pipe.spatial_patch
-    _check(K, ks, ps)
-    H, W = schedule.pixel_hw
+    _check(pipe.schedule(aspect_ratio).num_scales, ks, ps)
     sums = {(k, p): np.zeros(4) for k in ks for p in ps}
     for i, start in enumerate(range(0, len(scenes), batch_size)):
-        chunk = scenes[start:start + batch_size]
-        x_B3HW = torch.cat([to_tensor_np(render(sc, H, W)) for sc in chunk]).to(pipe.device)
-        codes = pipe.tokenizer.encode_scales(x_B3HW, latent_scales(schedule.scales, s))
-        clean_B3HW = pipe.tokenizer.decode(codes.quantized)
-        true_bits = [patchify_bits(b, s) for b in codes.bits]  # per transformer token, as the sampler takes them
-        text_BTE, lens_B = pipe.text_encoder.encode([caption(sc) for sc in chunk])
-        text_BTE, lens_B = text_BTE.to(pipe.device, pipe.transformer.pos_start.dtype), lens_B.to(pipe.device)
+        encoded = encode_scenes(pipe, scenes[start:start + batch_size], aspect_ratio)
         for k in ks:
             for p in ps:
-                event = sample_image(pipe.transformer, pipe.tokenizer, text_BTE, lens_B, schedule, cfg=cfg, tau=tau,
-                                     generator=torch.Generator(pipe.device).manual_seed(seed + i),
-                                     prefix_bits=true_bits[:k], intervention=Intervention(k - 1, p, seed + i))
-                flipped = list(true_bits)
-                flipped[k - 1] = flip_fraction(true_bits[k - 1], p, seed + i)  # the positions the sampler flipped
-                reference_B3HW = pipe.tokenizer.decode_bits([unpatchify_bits(b, s) for b in flipped])
-                sums[k, p] += _scores(event.image_B3HW, reference_B3HW, clean_B3HW, chunk)
+                result_B3HW, reference_B3HW = intervene(pipe, encoded, k, p, aspect_ratio=aspect_ratio, cfg=cfg,
+                                                        tau=tau, seed=seed + i)
+                sums[k, p] += scores(result_B3HW, reference_B3HW, encoded.clean_B3HW, encoded.scenes).sum(0)
     n = len(scenes)
     return [RecoveryPoint(k, p, n, *(sums[k, p] / n).round(4).tolist()) for k in ks for p in ps]
 
 
-def _scores(result_B3HW: torch.Tensor, reference_B3HW: torch.Tensor, clean_B3HW: torch.Tensor,
-            scenes: Sequence[Scene]) -> np.ndarray:
-    """Sums over the batch: [PSNR, parser passes] of the result, then of the reference."""
-    out = np.zeros(4)
+def scores(result_B3HW: torch.Tensor, reference_B3HW: torch.Tensor, clean_B3HW: torch.Tensor,
+           scenes: Sequence[Scene]) -> np.ndarray:
+    """(B, 4) per scene: [PSNR against the clean reconstruction, parser pass] of the result, then of the reference."""
+    out = np.zeros((len(scenes), 4))
     for j, images_B3HW in enumerate((result_B3HW, reference_B3HW)):
-        out[2 * j] = float(psnr(images_B3HW, clean_B3HW).sum())
-        out[2 * j + 1] = sum(scene_matches(parse_image(img), sc) for img, sc in zip(to_uint8(images_B3HW), scenes))
+        out[:, 2 * j] = psnr(images_B3HW, clean_B3HW).cpu().numpy()
+        out[:, 2 * j + 1] = [scene_matches(parse_image(img), sc) for img, sc in zip(to_uint8(images_B3HW), scenes)]
     return out
 
 

@@ -5,6 +5,9 @@
     python -m infinity.experiments claims --only bits --bits-tokenizers assets/tokenizers/general-d8.safetensors \\
         assets/tokenizers/general-d16.safetensors assets/tokenizers/general-d32.safetensors
 
+    python -m infinity.experiments pair --without runs/claims/strength-0-seed0 \\
+        --with runs/claims/strength-0.3-seed0                          # the app's matched pair
+
 Writes docs/claims/results.json, results.md and recovery.png (see infinity/experiments/claims.py for the arms
 and what keeps them matched).
 """
@@ -16,6 +19,7 @@ import sys
 
 from ..checkpoints import CheckpointError
 from .claims import CLAIMS, ClaimsConfig, run_claims
+from .pair import export_pair
 
 DEFAULTS = ClaimsConfig()
 
@@ -52,12 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recovery-fractions", type=float, nargs="+", default=list(DEFAULTS.recovery_fractions),
                    help="fractions p flipped, 0 included (default: 0 0.1 0.2 0.4)")
     c.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    e = sub.add_parser("pair", help="ship one matched self-correction pair for the app (fp16, pair.json)")
+    e.add_argument("--without", required=True, help="the arm folder trained without self-correction")
+    e.add_argument("--with", dest="with_", required=True, help="the arm folder trained with it")
+    e.add_argument("--tokenizer", default=DEFAULTS.tokenizer, help="the arms' tokenizer (default: %(default)s)")
+    e.add_argument("--out", default="assets/self-correction", help="(default: %(default)s)")
+    e.add_argument("--eval-count", type=int, nargs=3, default=list(DEFAULTS.eval_count),
+                   metavar=("ONE", "TWO", "THREE"), help="held-out scenes the app offers (default: 31 50 50)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.command == "pair":
+        try:
+            path = export_pair(args.without, args.with_, args.tokenizer, args.out,
+                               {n + 1: c for n, c in enumerate(args.eval_count) if c > 0})
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+        return 0
     cfg = ClaimsConfig(
         out=args.out, docs=args.docs, recipe=args.recipe, tokenizer=args.tokenizer, head_tokenizer=args.head_tokenizer,
         head_bits=args.head_bits, bits_tokenizers=tuple(args.bits_tokenizers), bits_pixels=args.bits_pixels,

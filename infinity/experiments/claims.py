@@ -56,10 +56,10 @@ class ClaimsConfig:
     head_bits: int = 8
     bits_tokenizers: tuple[str, ...] = ()  # the bit-depth claim's tokenizers (e.g. d = 8 / 16 / 32)
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 2000  # per transformer arm (~0.75 CPU-s a step on this CPU, one thread: ~25 min)
+    steps: int = 600  # per transformer arm (~0.85 s a step on one core of this CPU: ~9 min)
     batch_size: int = 16
     lr: float = 1e-3
-    tokenizer_steps: int = 1500  # the head tokenizer, when trained here (~1 CPU-s a step, one thread: ~25 min)
+    tokenizer_steps: int = 400  # the head tokenizer, when trained here from `tokenizer`'s trunk
     self_correction_strengths: tuple[float, ...] = (0.0, 0.3, 0.6)  # 0: none; 0.3: the trainer's default
     head_strength: float = 0.3  # both head arms train with the default self-correction
     threads: int = 0  # torch threads (0: torch's default)
@@ -106,7 +106,8 @@ class Runner:
                 "--warmup-steps", "50", "--ema-decay", "0.995", "--checkpoint-every", "100", "--log-every", "20"]
 
     def head_tokenizer(self) -> str:
-        """The head arms' tokenizer: the one given, or one of d = head_bits trained here (once; resumable)."""
+        """The head arms' tokenizer: the one given, or one of d = head_bits trained here (once; resumable), starting
+        from the self-correction tokenizer's trunk, so only its d-dependent layers learn from scratch."""
         if self.cfg.head_tokenizer:
             return self.cfg.head_tokenizer
         folder = self.out / f"tokenizer-d{self.cfg.head_bits}"
@@ -117,7 +118,7 @@ class Runner:
                 "tokenizer", "--bits", str(self.cfg.head_bits), "--out", str(folder), "--steps",
                 str(self.cfg.tokenizer_steps), "--batch-size", "12", "--lr", "6e-4", "--object-weight", "4",
                 "--color-weight", "1", "--entropy-weight", "0.01", "--feature-commitment-weight", "0.25",
-                *self._common()])
+                "--init-trunk-from", self.cfg.tokenizer, *self._common()])
         return str(weights)
 
     def _train(self, folder: Path, steps: int, argv: list[str]) -> None:

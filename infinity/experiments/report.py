@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+REFERENCE_COLOR = (128, 128, 128)
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
@@ -117,12 +118,15 @@ def recovery_figure(records: Sequence[dict], path: Path, claim: str = "self-corr
         for k in ks:
             vals = [[_recovery(r)[k, p]["psnr_db"] for r in rs] for p in ps]
             curves[name, k] = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for v in vals]
-    lo = min(m - s for c in curves.values() for m, s in c)
+    # No correction (the same flips, then the true later bits): the same for every arm; p = 0 is the clean image.
+    first = _recovery(next(iter(groups.values()))[0])
+    reference = {k: [(p, first[k, p]["reference_psnr_db"]) for p in ps if p > 0] for k in ks}
+    lo = min([m - s for c in curves.values() for m, s in c] + [v for r in reference.values() for _, v in r])
     hi = max(m + s for c in curves.values() for m, s in c)
     lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
 
     pw, ph, ml, mt, mb = 360, 260, 60, 40, 50
-    img = Image.new("RGB", (ml + len(ks) * (pw + ml), mt + ph + mb + 20 * len(groups)), "white")
+    img = Image.new("RGB", (ml + len(ks) * (pw + ml), mt + ph + mb + 20 * (len(groups) + 1)), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     draw.text((ml, 8), "Recovery from flipped bits: PSNR (dB) of the result vs the clean reconstruction",
               fill="black", font=font)
@@ -144,6 +148,11 @@ def recovery_figure(records: Sequence[dict], path: Path, claim: str = "self-corr
             x, _ = xy(p, lo)
             draw.line((x, mt + ph, x, mt + ph + 4), fill="black")
             draw.text((x - 8, mt + ph + 6), f"{p:g}", fill="black", font=font)
+        if reference[k]:
+            draw.line([xy(p, v) for p, v in reference[k]], fill=REFERENCE_COLOR, width=1)
+            for p, v in reference[k]:
+                x, y = xy(p, v)
+                draw.rectangle((x - 2, y - 2, x + 2, y + 2), fill=REFERENCE_COLOR)
         for c, name in enumerate(groups):
             color = COLORS[c % len(COLORS)]
             pts = [xy(p, m) for p, (m, _) in zip(ps, curves[name, k])]
@@ -157,6 +166,9 @@ def recovery_figure(records: Sequence[dict], path: Path, claim: str = "self-corr
         y = mt + ph + mb + 20 * c
         draw.line((ml, y + 6, ml + 30, y + 6), fill=COLORS[c % len(COLORS)], width=3)
         draw.text((ml + 40, y), f"{name} ({len(groups[name])} seeds)", fill="black", font=font)
+    y = mt + ph + mb + 20 * len(groups)
+    draw.line((ml, y + 6, ml + 30, y + 6), fill=REFERENCE_COLOR, width=1)
+    draw.text((ml + 40, y), "no correction: the flipped scale, then the true later bits", fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 

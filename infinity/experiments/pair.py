@@ -1,0 +1,92 @@
+"""Ship one matched pair of the self-correction claim for the app (`infinity/app/pair.py` reads it).
+
+    python -m infinity.experiments pair --without runs/claims/strength-0-seed0 \\
+        --with runs/claims/strength-0.3-seed0 --out assets/self-correction
+
+Checks that the two arm folders were trained alike (model config, seed, batch, data, schedule, text encoder, and
+every loss setting but the self-correction ones), stores both transformers in fp16 (a few MB each) and writes
+pair.json: the tokenizer (a path relative to the output folder, with its SHA-256), the schedule, the held-out
+scenes the app measures on, and what each arm was trained with. The app uses the 1:1 schedule.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+from ..app.pair import ARMS, ASPECT_RATIO, FORMAT, FORMAT_VERSION, PAIR_FILE, read_info, sha256
+from ..checkpoints import CheckpointError, load_model, save_model
+from ..transformer import Infinity
+
+TRAINING_FILE = "transformer_training.json"
+SELF_CORRECTION_KEYS = {"self_correction_scales", "self_correction_strength"}
+MATCHED_KEYS = ("config", "tokenizer", "text_encoder", "data", "batch_size", "seed", "schedules")
+
+
+def _arm(folder: Path) -> tuple[dict, dict, Infinity]:
+    """(training record, done.json, the transformer) of a finished claims arm."""
+    training, done, weights = folder / TRAINING_FILE, folder / "done.json", folder / "transformer.safetensors"
+    for path in (training, done, weights):
+        if not path.is_file():
+            raise ValueError(f"{folder} is not a finished arm: no {path.name}")
+    try:
+        model = load_model(weights)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+    if not isinstance(model, Infinity):
+        raise ValueError(f"{weights} is not a transformer")
+    return json.loads(training.read_text()), json.loads(done.read_text()), model
+
+
+def flip_strength(loss: dict) -> float:
+    """The self-correction a training record used: its strength, 0 when no scale was flipped."""
+    return loss["self_correction_strength"] if loss.get("self_correction_scales", 0) > 0 else 0.0
+
+
+def check_matched(without: dict, with_: dict) -> None:
+    """ValueError unless the two training records differ in self-correction alone, and only `with_` uses it."""
+    for key in MATCHED_KEYS:
+        if without.get(key) != with_.get(key):
+            raise ValueError(f"the two arms differ in {key!r}: not a matched pair")
+    a = {k: v for k, v in without["loss"].items() if k not in SELF_CORRECTION_KEYS}
+    b = {k: v for k, v in with_["loss"].items() if k not in SELF_CORRECTION_KEYS}
+    if a != b:
+        raise ValueError(f"the two arms' losses differ beyond self-correction: {sorted(k for k in a if a[k] != b.get(k))}")
+    if flip_strength(without["loss"]) != 0 or flip_strength(with_["loss"]) <= 0:
+        raise ValueError("--without needs self-correction strength 0 and --with a positive one")
+
+
+def export_pair(without: str | Path, with_: str | Path, tokenizer: str | Path, out: str | Path,
+                heldout: dict[int, int]) -> Path:
+    """Write the pair folder `out`; returns pair.json's path (read back and checked)."""
+    out, tokenizer = Path(out), Path(tokenizer)
+    if not tokenizer.is_file():
+        raise ValueError(f"no tokenizer at {tokenizer}")
+    arms = dict(zip(ARMS, (_arm(Path(without)), _arm(Path(with_)))))
+    check_matched(arms["without"][0], arms["with"][0])
+    training = arms["with"][0]
+    if training["text_encoder"] != "minilm":
+        raise ValueError(f"the app's pair runs on the MiniLM text encoder; these arms used {training['text_encoder']}")
+    if ASPECT_RATIO not in training["schedules"]:
+        raise ValueError(f"the pair needs arms trained on the {ASPECT_RATIO} aspect ratio")
+    tok_config = json.loads(json.dumps(load_model(tokenizer).config.to_dict()))  # tuples as JSON lists
+    if {k: tok_config.get(k) for k in training["tokenizer"]} != training["tokenizer"]:
+        raise ValueError(f"{tokenizer} is not the arms' tokenizer (its config differs)")
+    models = {}
+    for arm, (record, done, model) in arms.items():
+        save_model(copy.deepcopy(model).half(), out / f"{arm}.safetensors")
+        models[arm] = {"file": f"{arm}.safetensors", "self_correction_strength": flip_strength(record["loss"]),
+                       "self_correction_scales": record["loss"]["self_correction_scales"], "seed": record["seed"],
+                       "steps": done["steps"], "train_seconds": done["seconds"]}
+    info = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "tokenizer": os.path.relpath(tokenizer.resolve(), out.resolve()), "tokenizer_sha256": sha256(tokenizer),
+        "text_encoder": {"kind": training["text_encoder"], "max_length": training["config"]["text_maxlen"]},
+        "schedule": training["schedules"][ASPECT_RATIO],
+        "heldout": {str(n): c for n, c in sorted(heldout.items())},
+        "batch_size": training["batch_size"], "models": models,
+    }
+    (out / PAIR_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    read_info(out)
+    return out / PAIR_FILE
