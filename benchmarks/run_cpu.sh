@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
 python -m infinity.bench --preset embedded --device cpu --threads 1 --runs 20 --previews --json "$out/embedded_cpu_1thread.json"
-python -m infinity.bench --preset embedded --device cpu --runs 10 --previews --json "$out/embedded_cpu_2threads.json"
+python -m infinity.bench --preset embedded --device cpu --threads 2 --runs 20 --json "$out/embedded_cpu_2threads.json"
+python -m infinity.bench --preset embedded --device cpu --threads 2 --runs 20 --dtype int8 --json "$out/embedded_cpu_int8_2threads.json"
 python -m infinity.bench --preset infinity-2b --device cpu --budget 0.06M --runs 1 --json "$out/infinity2b_cpu.json"

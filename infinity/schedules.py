@@ -157,3 +157,15 @@ def get_schedule(aspect_ratio: str | float = "1:1", budget: str = "1M") -> Sched
     template = nearest_template(parse_aspect_ratio(aspect_ratio))
     grids = TEMPLATE_GRIDS[template][: BUDGETS[budget]]
     return Schedule(scales=grids, patch_size=OFFICIAL_PATCH_SIZE, h_div_w=template, budget=budget)
+
+
+SHAPES_PATCH = 8  # pixels per latent cell of the shapes models (the embedded model and its tokenizers)
+
+
+def shapes_schedules(patch_size: int = SHAPES_PATCH) -> dict[str, Schedule]:
+    """The shapes models' seven-scale grids (16x16, 16x24 and 24x16 cells at the last) at `patch_size` pixels per
+    cell: the embedded model's schedules at 8, and the sizes any of our tokenizer files encodes with."""
+    square = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)]
+    landscape = [(1, 1), (2, 3), (4, 6), (6, 9), (8, 12), (12, 18), (16, 24)]
+    grids = {"1:1": square, "3:2": landscape, "2:3": [(w, h) for h, w in landscape]}
+    return {name: Schedule(tuple(g), patch_size, round(g[-1][0] / g[-1][1], 3)) for name, g in grids.items()}

@@ -12,6 +12,7 @@ pictures; add INFINITY_APP_TEST_MODEL=assets/embedded to take them with the embe
 """
 import io
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 from test_app_handlers import assert_conclusion_follows_the_numbers
 
 from infinity.app import sheets
+from infinity.app.pair import PairSlot
 from infinity.eval.diversity import mean_pixel_difference
 from infinity.pipeline import InfinityPipeline
 
@@ -141,7 +143,7 @@ def generate(page, pipe, prompt: str, seed: int | None = None) -> str:
 def test_previews_stream_in_one_sheet_in_the_outputs_aspect_ratio(page, embedded):
     schedule = embedded.schedule("3:2")
     choose(page, "#aspect", "3:2")
-    sizes, srcs, boxes = set(), [], set()
+    srcs, boxes = [], set()
     with SlowStream(embedded, delay=0.4):
         page.locator("#prompt textarea").fill("a large red circle at the top left")
         page.locator("#generate").click()
@@ -218,6 +220,12 @@ def test_every_tab(page, embedded):
     page.locator("#sc-generation").click()
     page.get_by_text("Later scales changed").wait_for()
     screenshot(page, "self_correction_generation", docs=True)
+    if PairSlot().info() is not None:  # the shipped pair (assets/self-correction)
+        page.get_by_role("tab", name="Trained with vs without").click()
+        page.locator("#sc-pair").click()
+        page.get_by_text("held-out scenes,").wait_for()
+        assert_pair_conclusion_follows_the_means(page.inner_text("#pa-text"))
+        screenshot(page, "self_correction_pair", docs=True)
 
     page.get_by_role("tab", name="Tokenizer", exact=True).click()
     page.locator("#tokenize").click()
@@ -247,6 +255,15 @@ def test_tokenizer_choice_in_both_tabs(browser, tiny_url):
         no_console_errors(page)
     finally:
         page.close()
+
+
+def assert_pair_conclusion_follows_the_means(text: str) -> None:
+    """Each model's mean dB over the scenes and the verdict the page printed under them."""
+    means = dict(re.findall(r"trained (with|without) self-correction[^:\n]*: ([0-9.]+) dB", text))
+    gap = float(means["with"]) - float(means["without"])
+    verdict = ("came back closer to the clean reconstruction" if gap > 0.1 else
+               "did not help" if gap < -0.1 else "no measurable effect")
+    assert verdict in text, text
 
 
 def markdown_of(page, selector: str) -> str:

@@ -318,6 +318,6 @@ def test_demo_is_queued_with_named_endpoints(app_pipe):
     assert demo._queue.max_size == 5
     names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert {"generate", "inspect_scale", "tokenize", "self_correction_tokenizer", "self_correction_generation",
-            "variations"} <= names
+            "self_correction_pair", "variations"} <= names
     on_device = [fn for fn in demo.fns.values() if fn.concurrency_id == "device"]
-    assert len(on_device) == 5 and all(fn.concurrency_limit == 2 for fn in on_device)
+    assert len(on_device) == 6 and all(fn.concurrency_limit == 2 for fn in on_device)

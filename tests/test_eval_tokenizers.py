@@ -16,7 +16,7 @@ from infinity.eval.tokenizers import (
 )
 from infinity.images import to_tensor
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
-from infinity.train.recipes import shapes_schedules
+from infinity.schedules import shapes_schedules
 from infinity.transformer import Infinity
 from tiny_model import TRANSFORMER
 

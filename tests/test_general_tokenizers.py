@@ -8,7 +8,7 @@ import torch
 from infinity.checkpoints import load_model
 from infinity.images import fit, open_image, psnr, to_tensor
 from infinity.tokenizer import BitwiseTokenizer
-from infinity.train.recipes import shapes_schedules
+from infinity.schedules import shapes_schedules
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = shapes_schedules()["1:1"]

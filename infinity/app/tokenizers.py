@@ -23,10 +23,9 @@ from safetensors import safe_open
 
 from ..checkpoints import load_model
 from ..official import OFFICIAL_MODELS
-from ..schedules import Schedule
+from ..schedules import Schedule, shapes_schedules
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.model import latent_scales
-from ..train.recipes import shapes_schedules
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +62,6 @@ class Codec:
 def _h_div_w(name: str) -> float:
     w, h = (float(x) for x in name.split(":"))
     return h / w
-
-
-def general_schedules(patch_size: int) -> dict[str, Schedule]:
-    """The shapes schedules' grids at `patch_size` pixels per cell."""
-    return {name: Schedule(s.scales, patch_size, s.h_div_w) for name, s in shapes_schedules().items()}
 
 
 def model_codec(pipe) -> Codec:
@@ -123,5 +117,5 @@ class TokenizerShelf:
             tokenizer = load_model(self.files[label], self.pipe.device)
             if not isinstance(tokenizer, BitwiseTokenizer):
                 raise ValueError(f"{self.files[label].name} does not hold a tokenizer.")
-            self._loaded[label] = Codec(label, tokenizer, general_schedules(tokenizer.config.patch_size))
+            self._loaded[label] = Codec(label, tokenizer, shapes_schedules(tokenizer.config.patch_size))
         return self._loaded[label]

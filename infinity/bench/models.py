@@ -132,7 +132,7 @@ def build(
     dtype = dtype or auto_dtype(device, released=False)
     if preset == "embedded" and EMBEDDED_DIR.is_dir():
         pipe = InfinityPipeline.from_pretrained(None, device=device, dtype=dtype)
-        return BenchModel(pipe, f"loaded from {EMBEDDED_DIR}")
+        return BenchModel(pipe, f"loaded from assets/{EMBEDDED_DIR.name}")
     recipe = RECIPES["shapes-small" if preset == "embedded" else preset]
     tokenizer = random_model(lambda: BitwiseTokenizer(recipe.tokenizer), device, torch.float32)
     transformer = random_model(lambda: Infinity(recipe.transformer), device, dtype)

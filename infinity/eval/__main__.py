@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..checkpoints import CheckpointError, load_model
 from ..tokenizer import BitwiseTokenizer
-from ..train.recipes import shapes_schedules
+from ..schedules import shapes_schedules
 from .diversity import evaluate_diversity, open_background_scenes
 from .shapes import errors_table, evaluate_pipeline, evaluate_tokenizer, evaluation_scenes, teacher_forced_errors
 from .tokenizers import evaluate as evaluate_tokenizers, results_table, write_results

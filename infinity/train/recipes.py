@@ -11,27 +11,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..schedules import Schedule, get_schedule
+from ..schedules import SHAPES_PATCH, Schedule, get_schedule, shapes_schedules
 from ..tokenizer import TOKENIZER_PRESETS, TokenizerConfig
 from ..tokenizer.model import spatial_patch
 from ..transformer import TRANSFORMER_PRESETS, TransformerConfig
-
-SHAPES_PATCH = 8
 
 
 def _schedule(grids: list[tuple[int, int]]) -> Schedule:
     H, W = grids[-1]
     return Schedule(scales=tuple(grids), patch_size=SHAPES_PATCH, h_div_w=round(H / W, 3))
-
-
-def shapes_schedules() -> dict[str, Schedule]:
-    square = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)]
-    landscape = [(1, 1), (2, 3), (4, 6), (6, 9), (8, 12), (12, 18), (16, 24)]
-    return {
-        "1:1": _schedule(square),
-        "3:2": _schedule(landscape),
-        "2:3": _schedule([(w, h) for h, w in landscape]),
-    }
 
 
 def official_schedules(budget: str = "0.06M") -> dict[str, Schedule]:
