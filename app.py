@@ -124,7 +124,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                         sc_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)
                         gr.Examples([[im] for im in EXAMPLE_IMAGES], inputs=[sc_image], label="Example images")
                     with gr.Column():
-                        sc_tokenizer = gr.Dropdown(shelf.choices, value=shelf.default, label="Tokenizer",
+                        sc_tokenizer = gr.Dropdown(shelf.options, value=shelf.default, label="Tokenizer",
                                                    elem_id="sc-tokenizer-choice")
                         sc_aspect = gr.Dropdown([AUTO, *ratios], value=AUTO, label="Aspect ratio")
                         sc_scales = gr.Slider(1, K, value=min(2, K), step=1, label="Flip bits in scales 1..n")
@@ -162,7 +162,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                 pair_K = max(3, len(pair_info["schedule"])) if pair_info else 3
                 with gr.Row():
                     with gr.Column():
-                        pa_scene = gr.Slider(1, scenes, value=1, step=1, label="Held-out scene")
+                        pa_scene = gr.Slider(1, scenes, value=pair_info.get("default_scene", 1) if pair_info else 1,
+                                             step=1, label="Held-out scene")
                         pa_scale = gr.Slider(1, pair_K - 1, value=min(2, pair_K - 1), step=1,
                                              label="Flip bits at scale k (the true bits of scales 1..k are given)")
                         pa_fraction = gr.Slider(0, 1, value=0.2, step=0.01, label="Fraction of scale k flipped")
@@ -185,7 +186,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                     tk_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)
                     gr.Examples([[im] for im in EXAMPLE_IMAGES], inputs=[tk_image], label="Example images")
                 with gr.Column():
-                    tk_tokenizer = gr.Dropdown([*shelf.choices, ALL_TOKENIZERS], value=shelf.default,
+                    tk_tokenizer = gr.Dropdown([*shelf.options, ALL_TOKENIZERS], value=shelf.default,
                                                label="Tokenizer", elem_id="tk-tokenizer-choice")
                     tk_aspect = gr.Dropdown([AUTO, *ratios], value=AUTO, label="Aspect ratio")
                     tk_run = gr.Button("Tokenize", variant="primary", elem_id="tokenize")

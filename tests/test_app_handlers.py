@@ -1,6 +1,7 @@
 """The app's callbacks called directly (every bad input a gr.Error with a message), its serving helpers and its
 command line. The same callbacks served over HTTP: test_app_api.py; in a browser: test_app_browser.py."""
 import math
+import re
 import subprocess
 import sys
 import types
@@ -15,7 +16,7 @@ from PIL import Image
 import app
 from infinity.app import explorer, runtime, sheets
 from infinity.app.handlers import ALL_TOKENIZERS, Generation, Handlers, user_errors
-from infinity.app.tokenizers import MODEL_OWN, TokenizerShelf
+from infinity.app.tokenizers import BEST, MODEL_OWN, TokenizerShelf
 from infinity.eval.diversity import mean_pixel_difference
 from infinity.pipeline import InfinityPipeline
 
@@ -196,8 +197,13 @@ def test_seeds_give_visibly_different_images_on_the_embedded_model(embedded):
 def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
     shelf = TokenizerShelf(app_pipe, shelf_dir)
     assert shelf.choices == [MODEL_OWN, "general-d8 (8 bits)", "general-d16 (16 bits)"]  # notes.safetensors left out
-    assert shelf.default == "general-d16 (16 bits)"  # not a released model: the general tokenizer of most bits
+    assert shelf.default == BEST and shelf.options == [BEST, *shelf.choices]  # not a released model
     h = Handlers(app_pipe, shelf)
+    for text in (h.tokenize({"path": EXAMPLE}, "auto", BEST)[2],
+                 h.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, BEST)[2]):
+        ranked = re.search(r"([^.\n]+?) reconstructs this image best \(final PSNR: (.+?)\)\.", text)
+        scores = {label: float(db) for label, db in re.findall(r"(.+?) (-?[0-9.]+) dB(?:, |$)", ranked.group(2))}
+        assert set(scores) == set(shelf.choices) and ranked.group(1).strip() == max(scores, key=scores.get)
     sheet, table, text = h.tokenize({"path": EXAMPLE}, "auto", ALL_TOKENIZERS)
     assert set(table["series"]) == set(shelf.choices) and len(text.split("\n\n")) == 3
     assert "general-d16 (16 bits) (16 bits per token): aspect ratio 3:2 (96x64 px), 7 scales" in text

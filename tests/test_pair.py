@@ -66,6 +66,9 @@ def test_the_exported_pair_records_both_arms_and_stores_fp16(pair_dir, arms):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     intro = pair.pair_intro(info)
     assert "flip strength 0.5" in intro and "2 and 2 steps" in intro
+    q = info["tokenizer_on_heldout"]
+    assert 0 < q["psnr_db"] < 60 and 0 <= q["parser_pass"] <= 1  # a random tokenizer: low, but measured
+    assert f"at {q['psnr_db']:.1f} dB" in intro and 1 <= info["default_scene"] <= 3
 
 
 def test_export_refuses_arms_that_are_not_matched(arms, tmp_path):
@@ -124,7 +127,8 @@ def _measured(with_db, without_db):
 def test_the_conclusion_follows_the_numbers(duo):
     helped = pair.comparison_text(duo, _measured(22.0, 20.0))
     assert "came back closer to the clean reconstruction, by 2.00 dB" in helped and "**22.00 dB**" in helped
-    assert "cost it 8.00 dB" in helped and "no correction (the flipped scale, then the true later bits): 15.00" in helped
+    assert "cost it 8.00 dB" in helped and "(nothing sampled, nothing corrected): 15.00 dB" in helped
+    assert "the parser reads 100% of the clean reconstructions" in helped
     assert "did not help" in pair.comparison_text(duo, _measured(20.0, 21.0))
     assert "no measurable effect" in pair.comparison_text(duo, _measured(20.0, 20.05))
 

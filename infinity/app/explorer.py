@@ -97,6 +97,20 @@ def reconstruct(codec: Codec, image: Image.Image, aspect_ratio: str) -> tuple[Im
     return fitted, Reconstruction(images, values)
 
 
+@torch.no_grad()
+def best_codec(codecs: Sequence[Codec], image: Image.Image, aspect_value: str) -> tuple[Codec, dict[str, float]]:
+    """The codec whose final reconstruction of `image` has the highest PSNR, and every codec's PSNR (dB) by label.
+    `aspect_value`: a ratio name or "auto", resolved per codec (`Codec.aspect_ratio`)."""
+    scores = {}
+    for codec in codecs:
+        name = codec.aspect_ratio(aspect_value, image)
+        _, x_13HW = _fitted(codec, image, name)
+        codes = codec.tokenizer.encode_scales(x_13HW, codec.schedules[name].scales)
+        scores[codec.label] = float(psnr(codec.tokenizer.decode(codes.quantized), x_13HW)[0])
+    best = max(codecs, key=lambda c: scores[c.label])
+    return best, scores
+
+
 def flip_masks(shapes: Sequence[torch.Size], num_scales: int, fraction: float, seed: int) -> list[torch.Tensor | None]:
     """Per scale: a bool mask with exactly round(fraction * numel) True entries for the first `num_scales` scales,
     None after. Drawn from the shapes alone (on the CPU, from `seed`), so both flip variants flip the same bits."""

@@ -27,7 +27,7 @@ from ..sampling import Intervention
 from ..tokenizer.model import unpatchify_bits
 from . import explorer, inputs, pair, vocabulary
 from .sheets import contact_sheet
-from .tokenizers import TokenizerShelf
+from .tokenizers import BEST, Codec, TokenizerShelf
 from .views import (
     bits_image,
     difference_map,
@@ -153,6 +153,15 @@ class Handlers:
     def _upload_aspect_ratio(self, value) -> str:
         return inputs.choice("aspect ratio", value, [AUTO, *self.pipe.aspect_ratios])
 
+    def _codec(self, tokenizer, image: Image.Image, aspect_value: str) -> tuple[Codec, str]:
+        """The chosen tokenizer, and for BEST the sentence that says how it was chosen (else "")."""
+        shelf = self.tokenizers
+        if inputs.choice("tokenizer", tokenizer, shelf.options) != BEST:
+            return shelf.get(tokenizer), ""
+        codec, scores = explorer.best_codec([shelf.get(t) for t in shelf.choices], image, aspect_value)
+        ranked = ", ".join(f"{label} {db:.1f} dB" for label, db in sorted(scores.items(), key=lambda t: -t[1]))
+        return codec, f"{codec.label} reconstructs this image best (final PSNR: {ranked})."
+
     def _seed(self, seed, randomize_seed) -> int:
         return new_seed() if inputs.flag("randomize seed", randomize_seed) else inputs.seed(seed)
 
@@ -226,8 +235,9 @@ class Handlers:
         """F_k of the clean encoding and of the same bits flipped without / with re-quantization, as one sheet; the
         feature error per scale; a table of the final measures and the conclusion they support."""
         img = inputs.read_image(image)
-        codec = self.tokenizers.get(inputs.choice("tokenizer", tokenizer, self.tokenizers.choices))
-        aspect_ratio = codec.aspect_ratio(self._upload_aspect_ratio(aspect_ratio), img)
+        aspect_value = self._upload_aspect_ratio(aspect_ratio)
+        codec, chosen = self._codec(tokenizer, img, aspect_value)
+        aspect_ratio = codec.aspect_ratio(aspect_value, img)
         schedule = codec.schedules[aspect_ratio]
         K = schedule.num_scales
         flip_scales = inputs.integer("flipped scales", flip_scales, 1, K)
@@ -246,7 +256,7 @@ class Handlers:
             for name, r in result.series.items()
         )
         text = (
-            f"Tokenizer: {codec.label}. Flipped {sum(result.flipped):,} bits ({fraction:.0%}) in scales "
+            f"Tokenizer: {codec.label}. {chosen + ' ' if chosen else ''}Flipped {sum(result.flipped):,} bits ({fraction:.0%}) in scales "
             f"1-{flip_scales} of {K}; the tiles are labelled with their PSNR against the input.\n\n"
             "| after the last scale | PSNR vs input | PSNR vs clean encoding | feature error ‖f - F_K‖ / ‖f‖ |\n"
             f"|---|---|---|---|\n{rows}\n\n{explorer.verdict(result).text}"
@@ -290,12 +300,12 @@ class Handlers:
         count = inputs.integer("scenes measured", scenes_measured, 1, min(MAX_PAIR_SCENES, len(duo.scenes)))
         one = pair.compare_scene(duo, index, k, fraction, seed)
         names = ["scene", pair.CLEAN, pair.NO_CORRECTION, *pair.ARMS]
-        short = {"scene": "the scene", pair.CLEAN: "clean recon.", pair.NO_CORRECTION: "no correction",
+        short = {"scene": "the scene", pair.CLEAN: "clean recon.", pair.NO_CORRECTION: "true later bits",
                  "without": "trained without", "with": "trained with"}
         labels = [short[n] if n not in one.psnr_db else f"{short[n]}: {one.psnr_db[n]:.1f} dB" for n in names]
         hw = duo.pipes["with"].schedule(pair.ASPECT_RATIO).pixel_hw
         sheet = contact_sheet([[one.images[n] for n in names]], [labels], hw)
-        rows = "\n".join(f"| {duo.label(n) if n in pair.ARMS else n} | {one.psnr_db[n]:.2f} dB | "
+        rows = "\n".join(f"| {duo.label(n) if n in pair.ARMS else short[n]} | {one.psnr_db[n]:.2f} dB | "
                          f"{'yes' if one.parsed[n] else 'no'} |" for n in names[2:])
         measured = pair.measure(duo, k, fraction, count, seed)
         text = (f"Scene {index + 1}: '{one.caption}', {fraction:.0%} of scale {k}'s bits flipped, seed {seed}.\n\n"
@@ -310,9 +320,13 @@ class Handlers:
         """The image's reconstruction after every scale, with PSNR: with one tokenizer, or with every one on the
         same image (one row each)."""
         img = inputs.read_image(image)
-        labels = inputs.choice("tokenizer", tokenizer, [*self.tokenizers.choices, ALL_TOKENIZERS])
-        codecs = [self.tokenizers.get(t) for t in (self.tokenizers.choices if labels == ALL_TOKENIZERS else [labels])]
+        labels = inputs.choice("tokenizer", tokenizer, [*self.tokenizers.options, ALL_TOKENIZERS])
         aspect = self._upload_aspect_ratio(aspect_ratio)
+        if labels == ALL_TOKENIZERS:
+            codecs, chosen = [self.tokenizers.get(t) for t in self.tokenizers.choices], ""
+        else:
+            codec, chosen = self._codec(labels, img, aspect)
+            codecs = [codec]
         rows, tile_labels, titles, series, lines = [], [], [], {}, []
         for codec in codecs:
             name = codec.aspect_ratio(aspect, img)
@@ -330,7 +344,7 @@ class Handlers:
                          f"{rec.psnr[-1]:.2f} dB after the last.")
         sheet = contact_sheet(rows, tile_labels, codecs[0].schedules[codecs[0].aspect_ratio(aspect, img)].pixel_hw,
                               titles=titles if len(codecs) > 1 else None)
-        return sheet, per_scale_table(series, "PSNR (dB)"), "\n\n".join(lines)
+        return sheet, per_scale_table(series, "PSNR (dB)"), "\n\n".join(([chosen] if chosen else []) + lines)
 
     # ---- 5. variations ----
 

@@ -7,7 +7,9 @@ same grids at its own patch size otherwise), the sizes `python -m infinity token
 app and the command line resize an image to the same size.
 
 Default: with a released model (infinity-2b, ...) the model's own tokenizer; with any other model (the embedded
-one, trained on shapes scenes only) the general tokenizer of the most bits per token, when there is one.
+one, trained on shapes scenes only), when there are general tokenizers, BEST: every tokenizer encodes the image and
+the one with the highest final PSNR is shown (the shapes tokenizer wins on shapes scenes, a general one on most
+photographs), with the PSNR of each, so the choice is visible.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 TOKENIZERS_DIR_ENV = "INFINITY_TOKENIZERS_DIR"
 DEFAULT_TOKENIZERS_DIR = Path(__file__).resolve().parents[2] / "assets" / "tokenizers"
 MODEL_OWN = "the model's own"
+BEST = "the best on this image"
 
 
 @dataclass
@@ -101,6 +104,11 @@ class TokenizerShelf:
         return [MODEL_OWN, *self.files]
 
     @property
+    def options(self) -> list[str]:
+        """What a dropdown offers: BEST first when there is more than one tokenizer, then every tokenizer."""
+        return [BEST, *self.choices] if self.files else self.choices
+
+    @property
     def general(self) -> list[str]:
         return list(self.files)
 
@@ -108,7 +116,7 @@ class TokenizerShelf:
     def default(self) -> str:
         if self.pipe.name in OFFICIAL_MODELS or not self.files:
             return MODEL_OWN
-        return list(self.files)[-1]  # the most bits per token
+        return BEST
 
     def get(self, label: str) -> Codec:
         if label not in self._loaded:

@@ -6,7 +6,8 @@
 Checks that the two arm folders were trained alike (model config, seed, batch, data, schedule, text encoder, and
 every loss setting but the self-correction ones), stores both transformers in fp16 (a few MB each) and writes
 pair.json: the tokenizer (a path relative to the output folder, with its SHA-256), the schedule, the held-out
-scenes the app measures on, and what each arm was trained with. The app uses the 1:1 schedule.
+scenes the app measures on, how well the tokenizer reconstructs them at the pair's size, and what each arm was
+trained with. The app uses the 1:1 schedule.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from ..app.pair import ARMS, ASPECT_RATIO, FORMAT, FORMAT_VERSION, PAIR_FILE, read_info, sha256
 from ..checkpoints import CheckpointError, load_model, save_model
+from ..eval.shapes import evaluate_tokenizer, evaluation_scenes
+from ..schedules import Schedule
 from ..transformer import Infinity
 
 TRAINING_FILE = "transformer_training.json"
@@ -73,6 +76,12 @@ def export_pair(without: str | Path, with_: str | Path, tokenizer: str | Path, o
     tok_config = json.loads(json.dumps(load_model(tokenizer).config.to_dict()))  # tuples as JSON lists
     if {k: tok_config.get(k) for k in training["tokenizer"]} != training["tokenizer"]:
         raise ValueError(f"{tokenizer} is not the arms' tokenizer (its config differs)")
+    schedule = training["schedules"][ASPECT_RATIO]
+    scenes = evaluation_scenes(heldout)
+    tok, grid = load_model(tokenizer), Schedule(tuple(map(tuple, schedule)), tok_config["patch_size"])
+    per_scene = [evaluate_tokenizer(tok, grid, [scene]) for scene in scenes]  # (passed, PSNR) of each scene
+    psnrs = [sum(q.psnr_sum.values()) for q in per_scene]
+    passed = [sum(q.passed.values()) for q in per_scene]
     models = {}
     for arm, (record, done, model) in arms.items():
         save_model(copy.deepcopy(model).half(), out / f"{arm}.safetensors")
@@ -83,8 +92,12 @@ def export_pair(without: str | Path, with_: str | Path, tokenizer: str | Path, o
         "format": FORMAT, "version": FORMAT_VERSION,
         "tokenizer": os.path.relpath(tokenizer.resolve(), out.resolve()), "tokenizer_sha256": sha256(tokenizer),
         "text_encoder": {"kind": training["text_encoder"], "max_length": training["config"]["text_maxlen"]},
-        "schedule": training["schedules"][ASPECT_RATIO],
+        "schedule": schedule,
         "heldout": {str(n): c for n, c in sorted(heldout.items())},
+        "tokenizer_on_heldout": {  # its clean reconstructions against the renders, at the pair's size
+            "psnr_db": round(sum(psnrs) / len(scenes), 2), "parser_pass": round(sum(passed) / len(scenes), 4)},
+        # the app's first scene: of those whose reconstruction the parser reads (all, if none), the best rebuilt
+        "default_scene": max(range(len(scenes)), key=lambda i: (passed[i] if any(passed) else 0, psnrs[i])) + 1,
         "batch_size": training["batch_size"], "models": models,
     }
     (out / PAIR_FILE).write_text(json.dumps(info, indent=1) + "\n")
