@@ -201,7 +201,7 @@ def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
     h = Handlers(app_pipe, shelf)
     for text in (h.tokenize({"path": EXAMPLE}, "auto", BEST)[2],
                  h.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, BEST)[2]):
-        ranked = re.search(r"([^.\n]+?) reconstructs this image best \(final PSNR: (.+?)\)\.", text)
+        ranked = re.search(r"Chosen: (.+?), the best reconstruction of this image \(final PSNR: (.+?)\)\.", text)
         scores = {label: float(db) for label, db in re.findall(r"(.+?) (-?[0-9.]+) dB(?:, |$)", ranked.group(2))}
         assert set(scores) == set(shelf.choices) and ranked.group(1).strip() == max(scores, key=scores.get)
     sheet, table, text = h.tokenize({"path": EXAMPLE}, "auto", ALL_TOKENIZERS)

@@ -160,7 +160,7 @@ class Handlers:
             return shelf.get(tokenizer), ""
         codec, scores = explorer.best_codec([shelf.get(t) for t in shelf.choices], image, aspect_value)
         ranked = ", ".join(f"{label} {db:.1f} dB" for label, db in sorted(scores.items(), key=lambda t: -t[1]))
-        return codec, f"{codec.label} reconstructs this image best (final PSNR: {ranked})."
+        return codec, f"Chosen: {codec.label}, the best reconstruction of this image (final PSNR: {ranked})."
 
     def _seed(self, seed, randomize_seed) -> int:
         return new_seed() if inputs.flag("randomize seed", randomize_seed) else inputs.seed(seed)
