@@ -19,6 +19,7 @@ Inference (the pipeline):
 """
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 from collections.abc import Iterator
@@ -138,6 +139,10 @@ def quantize_int8_(blocks: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
         warnings.simplefilter("ignore")
         torch.ao.quantization.quantize_dynamic(blocks, names, dtype=torch.qint8, inplace=True)
+    # The swapped-out fp32 layers sit in reference cycles, which Python's collector frees only when enough new
+    # objects are made: building a large model block by block would otherwise keep every fp32 block alive
+    # (Infinity-2B: 11 GiB instead of 3).
+    gc.collect()
     return blocks
 
 
