@@ -256,8 +256,9 @@ class Handlers:
             for name, r in result.series.items()
         )
         text = (
-            f"Tokenizer: {codec.label}. {chosen + ' ' if chosen else ''}Flipped {sum(result.flipped):,} bits ({fraction:.0%}) in scales "
-            f"1-{flip_scales} of {K}; the tiles are labelled with their PSNR against the input.\n\n"
+            f"Tokenizer: {codec.label}. {chosen + ' ' if chosen else ''}Flipped {sum(result.flipped):,} bits "
+            f"({fraction:.0%}) in scales 1-{flip_scales} of {K}; the tiles are labelled with their PSNR against the "
+            "input.\n\n"
             "| after the last scale | PSNR vs input | PSNR vs clean encoding | feature error ‖f - F_K‖ / ‖f‖ |\n"
             f"|---|---|---|---|\n{rows}\n\n{explorer.verdict(result).text}"
         )

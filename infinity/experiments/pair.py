@@ -55,7 +55,8 @@ def check_matched(without: dict, with_: dict) -> None:
     a = {k: v for k, v in without["loss"].items() if k not in SELF_CORRECTION_KEYS}
     b = {k: v for k, v in with_["loss"].items() if k not in SELF_CORRECTION_KEYS}
     if a != b:
-        raise ValueError(f"the two arms' losses differ beyond self-correction: {sorted(k for k in a if a[k] != b.get(k))}")
+        differ = sorted(k for k in a if a[k] != b.get(k))
+        raise ValueError(f"the two arms' losses differ beyond self-correction: {differ}")
     if flip_strength(without["loss"]) != 0 or flip_strength(with_["loss"]) <= 0:
         raise ValueError("--without needs self-correction strength 0 and --with a positive one")
 
