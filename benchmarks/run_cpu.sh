@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU figures of the README's Performance table, written to benchmarks/results/*.json.
-# The last command builds a random-weight Infinity-2B and a T5-XL-sized encoder: ~15 GB of RAM, minutes of CPU.
+# The Infinity-2B and -8B commands build random weights and a T5-XL-sized encoder: ~15 GB of RAM, minutes of CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
@@ -8,3 +8,5 @@ python -m infinity.bench --preset embedded --device cpu --threads 1 --runs 20 --
 python -m infinity.bench --preset embedded --device cpu --threads 2 --runs 20 --json "$out/embedded_cpu_2threads.json"
 python -m infinity.bench --preset embedded --device cpu --threads 2 --runs 20 --dtype int8 --json "$out/embedded_cpu_int8_2threads.json"
 python -m infinity.bench --preset infinity-2b --device cpu --budget 0.06M --runs 1 --json "$out/infinity2b_cpu.json"
+# Infinity-8B with int8 blocks (built one block at a time): ~13 GiB of weights, ~16.5 GiB peak.
+python -m infinity.bench --preset infinity-8b --device cpu --budget 0.06M --runs 1 --threads 2 --dtype int8 --json "$out/infinity8b_cpu_int8.json"
