@@ -85,13 +85,13 @@ class SelfCorrectionPair:
             raise WeightsNotFoundError(f"the pair's tokenizer {tokenizer_path} is missing")
         if sha256(tokenizer_path) != info["tokenizer_sha256"]:
             raise ValueError(f"{tokenizer_path} is not the tokenizer the pair was trained with (SHA-256 differs)")
-        tokenizer = _load(tokenizer_path, BitwiseTokenizer).float()
+        tokenizer = load_checked(tokenizer_path, BitwiseTokenizer).float()
         text_encoder = MiniLMTextEncoder.from_pretrained(device="cpu", max_length=info["text_encoder"]["max_length"])
         schedule = Schedule(tuple(tuple(hw) for hw in info["schedule"]), tokenizer.config.patch_size,
                             info["schedule"][-1][0] / info["schedule"][-1][1])
         pipes = {}
         for arm in ARMS:
-            transformer = _load(folder / info["models"][arm]["file"], Infinity).float()
+            transformer = load_checked(folder / info["models"][arm]["file"], Infinity).float()
             pipes[arm] = InfinityPipeline(tokenizer, transformer, text_encoder, {ASPECT_RATIO: schedule},
                                           SamplingDefaults(cfg=1.0, tau=1.0), f"self-correction-{arm}", "cpu",
                                           torch.float32)
@@ -108,7 +108,8 @@ class SelfCorrectionPair:
                 else f"trained with self-correction (flip strength {strength:g})")
 
 
-def _load(path: Path, cls: type) -> torch.nn.Module:
+def load_checked(path: Path, cls: type) -> torch.nn.Module:
+    """The model in our file at `path`, which must be a `cls`: ValueError otherwise."""
     try:
         model = load_model(path)
     except CheckpointError as e:

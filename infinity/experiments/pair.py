@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from ..app.pair import ARMS, ASPECT_RATIO, FORMAT, FORMAT_VERSION, PAIR_FILE, read_info, sha256
-from ..checkpoints import CheckpointError, load_model, save_model
+from ..app.pair import ARMS, ASPECT_RATIO, FORMAT, FORMAT_VERSION, PAIR_FILE, load_checked, read_info, sha256
+from ..checkpoints import load_model, save_model
 from ..eval.shapes import evaluate_tokenizer, evaluation_scenes
 from ..schedules import Schedule
 from ..transformer import Infinity
@@ -33,13 +33,7 @@ def _arm(folder: Path) -> tuple[dict, dict, Infinity]:
     for path in (training, done, weights):
         if not path.is_file():
             raise ValueError(f"{folder} is not a finished arm: no {path.name}")
-    try:
-        model = load_model(weights)
-    except CheckpointError as e:
-        raise ValueError(str(e)) from None
-    if not isinstance(model, Infinity):
-        raise ValueError(f"{weights} is not a transformer")
-    return json.loads(training.read_text()), json.loads(done.read_text()), model
+    return json.loads(training.read_text()), json.loads(done.read_text()), load_checked(weights, Infinity)
 
 
 def flip_strength(loss: dict) -> float:
