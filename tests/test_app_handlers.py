@@ -16,9 +16,10 @@ from PIL import Image
 import app
 from infinity.app import explorer, runtime, sheets
 from infinity.app.handlers import ALL_TOKENIZERS, Generation, Handlers, user_errors
-from infinity.app.tokenizers import BEST, MODEL_OWN, TokenizerShelf
+from infinity.app.tokenizers import BEST, MODEL_OWN, Codec, TokenizerShelf
 from infinity.eval.diversity import mean_pixel_difference
 from infinity.pipeline import InfinityPipeline
+from infinity.schedules import Schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,13 +198,9 @@ def test_seeds_give_visibly_different_images_on_the_embedded_model(embedded):
 def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
     shelf = TokenizerShelf(app_pipe, shelf_dir)
     assert shelf.choices == [MODEL_OWN, "general-d8 (8 bits)", "general-d16 (16 bits)"]  # notes.safetensors left out
-    assert shelf.default == BEST and shelf.options == [BEST, *shelf.choices]  # not a released model
+    # the tiny model makes 32 px images, the files encode 128 px: PSNRs would not compare, so no BEST
+    assert not shelf.comparable and shelf.default == MODEL_OWN and BEST not in shelf.options
     h = Handlers(app_pipe, shelf)
-    for text in (h.tokenize({"path": EXAMPLE}, "auto", BEST)[2],
-                 h.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, BEST)[2]):
-        ranked = re.search(r"Chosen: (.+?), the best reconstruction of this image \(final PSNR: (.+?)\)\.", text)
-        scores = {label: float(db) for label, db in re.findall(r"(.+?) (-?[0-9.]+) dB(?:, |$)", ranked.group(2))}
-        assert set(scores) == set(shelf.choices) and ranked.group(1).strip() == max(scores, key=scores.get)
     sheet, table, text = h.tokenize({"path": EXAMPLE}, "auto", ALL_TOKENIZERS)
     assert set(table["series"]) == set(shelf.choices) and len(text.split("\n\n")) == 3
     assert "general-d16 (16 bits) (16 bits per token): aspect ratio 3:2 (96x64 px), 7 scales" in text
@@ -212,8 +209,25 @@ def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
     assert text.startswith("Tokenizer: general-d8 (8 bits). Flipped") and len(table) == 3 * 7
     assert_conclusion_follows_the_numbers(text)
     monkeypatch.setattr(app_pipe, "name", "infinity-2b")
-    assert TokenizerShelf(app_pipe, shelf_dir).default == MODEL_OWN  # a released model keeps its own
+    released = TokenizerShelf(app_pipe, shelf_dir)
+    assert released.default == MODEL_OWN and BEST not in released.options  # a released model keeps its own
+    with pytest.raises(ValueError, match="different sizes"):  # a codec against one at another size
+        small = shelf.get("general-d8 (8 bits)")
+        explorer.best_codec([small, Codec("other", small.tokenizer, {
+            "1:1": Schedule(small.schedules["1:1"].scales, 2 * small.schedules["1:1"].patch_size)})],
+            Image.open(EXAMPLE), "1:1")
     assert TokenizerShelf(app_pipe, shelf_dir / "missing").choices == [MODEL_OWN]
+
+
+def test_the_best_tokenizer_on_an_image_is_the_one_with_the_highest_psnr(embedded):
+    """The embedded model and the shipped general tokenizers encode at the same sizes: the default compares them."""
+    shelf = embedded.tokenizers
+    assert shelf.comparable and shelf.default == BEST and shelf.options == [BEST, *shelf.choices]
+    for text in (embedded.tokenize({"path": EXAMPLE}, "auto", BEST)[2],
+                 embedded.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, BEST)[2]):
+        ranked = re.search(r"Chosen: (.+?), the best reconstruction of this image \(final PSNR: (.+?)\)\.", text)
+        scores = {label: float(db) for label, db in re.findall(r"(.+?) (-?[0-9.]+) dB(?:, |$)", ranked.group(2))}
+        assert set(scores) == set(shelf.choices) and ranked.group(1).strip() == max(scores, key=scores.get)
 
 
 @pytest.mark.parametrize("name", ["random bytes", "truncated", "too large", "decompression bomb"])

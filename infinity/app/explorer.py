@@ -100,11 +100,16 @@ def reconstruct(codec: Codec, image: Image.Image, aspect_ratio: str) -> tuple[Im
 @torch.no_grad()
 def best_codec(codecs: Sequence[Codec], image: Image.Image, aspect_value: str) -> tuple[Codec, dict[str, float]]:
     """The codec whose final reconstruction of `image` has the highest PSNR, and every codec's PSNR (dB) by label.
-    `aspect_value`: a ratio name or "auto", resolved per codec (`Codec.aspect_ratio`)."""
-    scores = {}
+    `aspect_value`: a ratio name or "auto", resolved per codec (`Codec.aspect_ratio`). ValueError when the codecs
+    encode the image at different sizes."""
+    scores, sizes = {}, set()
     for codec in codecs:
         name = codec.aspect_ratio(aspect_value, image)
         _, x_13HW = _fitted(codec, image, name)
+        sizes.add(tuple(x_13HW.shape[-2:]))
+        if len(sizes) > 1:
+            raise ValueError("These tokenizers encode the image at different sizes, so their PSNRs do not compare: "
+                             "choose one.")
         codes = codec.tokenizer.encode_scales(x_13HW, codec.schedules[name].scales)
         scores[codec.label] = float(psnr(codec.tokenizer.decode(codes.quantized), x_13HW)[0])
     best = max(codecs, key=lambda c: scores[c.label])

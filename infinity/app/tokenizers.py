@@ -77,12 +77,20 @@ def model_codec(pipe) -> Codec:
 
 def tokenizer_bits(path: Path) -> int | None:
     """Bits per token of our tokenizer file, from its metadata alone; None if it is not one."""
+    config = tokenizer_config(path)
+    return None if config is None else int(config["bits"])
+
+
+def tokenizer_config(path: Path) -> dict | None:
+    """The config in our tokenizer file's metadata; None (and a warning) if it is not one."""
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
         if metadata.get("kind") != "tokenizer":
             return None
-        return int(json.loads(metadata["config"])["bits"])
+        config = json.loads(metadata["config"])
+        int(config["bits"]), int(config["patch_size"])
+        return config
     except Exception as e:  # any unreadable file is left out of the choice, with its reason in the log
         logger.warning("%s: not offered as a tokenizer (%s)", path, e)
         return None
@@ -98,6 +106,12 @@ class TokenizerShelf:
         files = sorted(((bits, path) for path, bits in found.items() if bits), key=lambda t: (t[0], t[1].name))
         self.files = {f"{path.stem} ({bits} bits)": path for bits, path in files}
         self._loaded = {MODEL_OWN: model_codec(pipe)}
+        own = {name: sc.pixel_hw for name, sc in self._loaded[MODEL_OWN].schedules.items()}
+        # BEST compares PSNRs, which only mean the same at the same image size: every file must encode the
+        # model's aspect ratios at the model's sizes (the embedded model and the general tokenizers do).
+        self.comparable = pipe.name not in OFFICIAL_MODELS and all(
+            {n: sc.pixel_hw for n, sc in shapes_schedules(tokenizer_config(path)["patch_size"]).items()
+             if n in own} == own for path in self.files.values())
 
     @property
     def choices(self) -> list[str]:
@@ -105,8 +119,9 @@ class TokenizerShelf:
 
     @property
     def options(self) -> list[str]:
-        """What a dropdown offers: BEST first when there is more than one tokenizer, then every tokenizer."""
-        return [BEST, *self.choices] if self.files else self.choices
+        """What a dropdown offers: BEST first when there are general tokenizers at the model's image sizes (not for
+        the released models, 1024 px against the files' 128 px), then every tokenizer."""
+        return [BEST, *self.choices] if self.files and self.comparable else self.choices
 
     @property
     def general(self) -> list[str]:
@@ -114,9 +129,7 @@ class TokenizerShelf:
 
     @property
     def default(self) -> str:
-        if self.pipe.name in OFFICIAL_MODELS or not self.files:
-            return MODEL_OWN
-        return BEST
+        return self.options[0]
 
     def get(self, label: str) -> Codec:
         if label not in self._loaded:
