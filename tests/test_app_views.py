@@ -115,6 +115,10 @@ def test_unknown_words_are_named_once_in_prompt_order():
     assert vocabulary.unknown_words("a cat sitting on a sofa, a cat") == ["cat", "sitting", "sofa"]
     assert "'cat', 'sitting', 'sofa'" in vocabulary.notice("a cat sitting on a sofa")
     assert vocabulary.notice("a small red circle on a white background") == ""
+    plural = vocabulary.notice("two green triangles")  # counts and plurals: told how to ask for several objects
+    assert "'two', 'triangles'" in plural and vocabulary.SEVERAL_EXAMPLE in plural
+    assert vocabulary.SEVERAL_EXAMPLE in vocabulary.can_draw()
+    assert vocabulary.unknown_words(vocabulary.SEVERAL_EXAMPLE) == []  # the advice is itself a caption the model knows
 
 
 def test_shapes_models_are_told_by_their_examples(app_pipe):

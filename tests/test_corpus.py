@@ -1,5 +1,6 @@
 """The image corpus builder and the folder data source of the tokenizer trainer."""
 import json
+import random
 import zipfile
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infinity.data.corpus import Source, build_corpus, to_rgb
+from infinity.data.corpus import Source, backdrop, build_corpus, random_crop, to_rgb
 from infinity.data.folder import ImageFolder, random_resized_crop
 from infinity.train.engine import Distributed, OptimConfig
 from infinity.train.recipes import RECIPES
@@ -57,6 +58,41 @@ def test_corpus_skips_bad_files_converts_modes_and_writes_a_manifest(tmp_path, f
     assert json.loads((out / "manifest.json").read_text()) == manifest
     again = build_corpus(out, sources, seed=0)  # the same seed rebuilds the same corpus
     assert again == manifest and sorted((out / "train" / "fake").iterdir()) == written
+
+
+def test_files_patterns_pick_pictures_by_the_end_of_their_path(tmp_path, fake_pictures):
+    sources = [Source("picked", "photo", folder=str(fake_pictures), crops=1, files=("sub/*.png", "gray.png"))]
+    manifest = build_corpus(tmp_path / "corpus", sources, seed=0)
+    assert manifest["sources"][0]["files_read"] == 2 and manifest["sources"][0]["images_written"] == 2
+
+
+def test_crops_of_large_pictures_are_never_smaller_than_128_px():
+    img = Image.new("RGB", (1000, 400))
+    rng = random.Random(0)
+    assert all(min(random_crop(img, rng, 0.01).size) >= 128 for _ in range(50))
+    assert random_crop(Image.new("RGB", (100, 90)), rng, 0.01).size in {(90, 90), (60, 90), (90, 60)}
+
+
+def test_emoji_backdrops_are_white_plain_gradient_or_photo(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(photo)
+    rng, kinds = random.Random(0), set()
+    for _ in range(40):
+        pixels = np.asarray(backdrop(64, rng, [photo])).reshape(-1, 3).astype(int)
+        assert pixels.shape == (64 * 64, 3)
+        distinct = len(np.unique(pixels, axis=0))
+        if distinct == 1:
+            kinds.add("white" if (pixels == 255).all() else "colour")
+        else:
+            kinds.add("photo" if distinct > 1000 else "gradient")  # a two-colour ramp has few distinct colours
+    assert kinds == {"white", "colour", "gradient", "photo"}
+    assert len({backdrop(8, random.Random(1), []).tobytes() for _ in range(3)}) == 1  # seeded
+
+
+def test_emoji_backdrops_must_be_built_first(tmp_path):
+    font_free = Source("emoji", "emoji", folder=str(tmp_path), backdrops=("never-built",))
+    with pytest.raises(ValueError, match="build its backdrops"):
+        build_corpus(tmp_path / "corpus", [font_free], seed=0)
 
 
 def test_transparent_pixels_become_the_background():

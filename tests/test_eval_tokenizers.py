@@ -111,8 +111,9 @@ def test_end_to_end_on_two_tokenizers(inputs, capsys):
     assert results["images"]["used"] == 2 and results["images"]["unreadable"] == ["broken.jpg"]
     assert results["images"]["one_colour"] == ["flat.png"] and "(skipped: 1 unreadable, 1 of one colour)" in table
     records = {r["name"]: r for r in results["records"]}
-    assert list(records) == [str(weights[0]), str(weights[1]), "JPEG <= 64 bits", "JPEG <= 512 bits",
-                             "thumbnail 16x16 bicubic"]
+    # JPEG at each tokenizer's final-scale bits (64, 512) and at all the bits its decoder needs (84, 968)
+    assert list(records) == [str(weights[0]), str(weights[1]), "JPEG <= 64 bits", "JPEG <= 84 bits",
+                             "JPEG <= 512 bits", "JPEG <= 968 bits", "thumbnail 16x16 bicubic"]
     assert all(name in table for name in records)
     d4, d8 = records[str(weights[0])], records[str(weights[1])]
     assert (d4["bits_final_scale"], d4["bits_all_scales"]) == (4 * 16, 4 * (1 + 4 + 16))

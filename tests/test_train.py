@@ -593,3 +593,59 @@ def test_trainers_import_neither_each_other_nor_the_pipeline():
         tree = ast.parse((ROOT / "infinity" / "train" / f"{name}.py").read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not imported & {"tokenizer_trainer", "transformer_trainer", "pipeline", "infinity.pipeline"}, name
+
+
+def test_a_run_in_segments_ends_in_the_state_of_a_run_straight_through(tmp_path):
+    run = dict(steps=6, batch_size=4, optim=OptimConfig(warmup_steps=2), checkpoint_every=4, progress=False)
+    torch.manual_seed(0)
+    straight = _tokenizer_task()
+    train(straight, RunConfig(out_dir=str(tmp_path / "a"), **run), CPU)
+    for stop in (3, 5, 6):
+        torch.manual_seed(0 if stop == 3 else 123)  # later segments: fresh processes, weights from the checkpoint
+        segment = _tokenizer_task()
+        train(segment, RunConfig(out_dir=str(tmp_path / "b"), resume=True, stop_at=stop, **run), CPU)
+        assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == stop
+    a, b = _state(straight.model), _state(segment.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    again = _tokenizer_task()  # a finished run resumed: nothing trained, its weights exported again
+    train(again, RunConfig(out_dir=str(tmp_path / "b"), resume=True, **run), CPU)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 6
+    c = _state(again.model)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_start_step_continues_the_schedule_with_a_fresh_warmup(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr("infinity.train.loop.set_lr", lambda opt, lr: seen.append(lr))
+    optim = OptimConfig(lr=1e-3, warmup_steps=2, min_lr_ratio=0.1)
+    task = _tokenizer_task()
+    train(task, RunConfig(out_dir=str(tmp_path), steps=10, batch_size=4, optim=optim, start_step=6, progress=False),
+          CPU)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 10
+    assert seen == pytest.approx([lr_at(6, 10, optim) / 2, lr_at(7, 10, optim), lr_at(8, 10, optim),
+                                  lr_at(9, 10, optim)])
+    with pytest.raises(ValueError, match="start_step"):
+        RunConfig(out_dir=str(tmp_path), steps=10, batch_size=4, start_step=10)
+
+
+def test_low_resolution_stages_train_on_whole_downscaled_images_first():
+    from infinity.train.tokenizer_trainer import downscale, parse_low_res
+
+    assert parse_low_res(["16:5", "8:2"]) == ((8, 2), (16, 5))
+    with pytest.raises(ValueError, match="SIZE:UNTIL"):
+        parse_low_res(["16"])
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    small, scales = downscale(x, [(1, 1), (2, 3), (4, 6), (8, 12)], 16, 4)
+    assert small.shape == (2, 3, 16, 24) and scales == [(1, 1), (2, 3), (4, 6)]
+    assert torch.allclose(small.mean(), x.mean(), atol=1e-6)  # area averaging keeps the colours
+    task = _tokenizer_task(low_res=((16, 2),))
+    task.setup(CPU, task.model)
+    sizes = []
+    task.wrapped = lambda x, scales: (sizes.append(min(x.shape[-2:])), task.model(x, scales))[1]
+    for step in (0, 1, 2, 3):
+        task.losses(step, CPU)
+    assert sizes == [16, 16, 32, 32]  # the short side: 16 px before step 2, the schedules' 32 px after
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        _tokenizer_task(low_res=((6, 2),))
+    with pytest.raises(ValueError, match="whole images"):
+        _tokenizer_task(low_res=((16, 2),), crop_size=16)

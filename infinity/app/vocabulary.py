@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, parse_caption
+from ..data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, caption, parse_caption
 
 # The glue of the captions: "a large red circle at the top left, a ... and a ... on a black background".
 _GLUE = ("a", "an", "and", "background")
@@ -17,6 +17,11 @@ SHAPES_WORDS = frozenset(
     w for phrase in (*COLORS, *SHAPES, *SIZES, *POSITIONS, *BACKGROUNDS, *_GLUE) for w in phrase.split()
 )
 _WORD = re.compile(r"[^\W\d_]+|\d+")
+_COUNTS = frozenset({"two", "three", "2", "3", "several", "some", "many"} | {s + "s" for s in SHAPES})
+
+# How a prompt asks for several objects: one phrase per object, as the training captions do.
+SEVERAL_EXAMPLE = caption(Scene((ShapeObject("circle", "red", "large", "at the top left"),
+                                 ShapeObject("square", "blue", "small", "at the bottom right"))))
 
 
 def is_shapes_model(pipe) -> bool:
@@ -38,7 +43,8 @@ def can_draw() -> str:
     return (
         f"This model was trained on shapes scenes only: one to three {', '.join(s + 's' for s in SHAPES[:-1])} or "
         f"{SHAPES[-1]}s, {' or '.join(SIZES)}, {', '.join(COLORS)}, in a 3x3 grid ({', '.join(list(POSITIONS)[:2])}, "
-        f"...), on a {', '.join(list(BACKGROUNDS)[:-1])} or {list(BACKGROUNDS)[-1]} background or one left open."
+        f"...), on a {', '.join(list(BACKGROUNDS)[:-1])} or {list(BACKGROUNDS)[-1]} background or one left open. "
+        f"Several objects: one phrase each, with its size and position, e.g. \"{SEVERAL_EXAMPLE}\"."
     )
 
 
@@ -48,5 +54,8 @@ def notice(prompt: str) -> str:
     if not words:
         return ""
     quoted = ", ".join(f"'{w}'" for w in words)
-    return (f"Not in this model's vocabulary: {quoted}. It draws only shapes scenes, so the image follows the words "
+    text = (f"Not in this model's vocabulary: {quoted}. It draws only shapes scenes, so the image follows the words "
             f"it knows, if any.")
+    if any(w in _COUNTS for w in words):
+        text += f" For several objects, describe each one: \"{SEVERAL_EXAMPLE}\"."
+    return text

@@ -3,11 +3,15 @@
     python -m infinity.data.corpus --out data/corpus
 
 Sources (Debian packages, fetched with `apt-get download` and unpacked with `dpkg -x`: nothing is installed):
-- photographs and artwork from desktop wallpaper packages, cut into many random crops at several scales;
+- photographs from desktop wallpaper packages and from OpenCV's sample pictures, cut into many random crops at
+  several scales: at least half of the training images, as in what people upload;
 - material textures from game-texture packages (loose files and the images inside .pk3 / .zip archives);
-- the Noto Color Emoji glyphs rendered with Pillow, captioned with their Unicode names;
+- the Noto Color Emoji glyphs rendered with Pillow, captioned with their Unicode names, on white, a plain colour, a
+  gradient or a photo crop;
 - the procedural shapes scenes of `infinity.data.shapes`, with their captions.
-One whole package (`mate-backgrounds`: nature photographs and abstract artwork) is held out: its crops go to `heldout/` and never to `train/`.
+Whole packages are held out, their crops go to `heldout/` and never to `train/`: `mate-backgrounds` (nature
+photographs and abstract artwork) and the natural test photographs of scikit-image and scikit-learn (astronaut,
+coffee, cat, coins, grass, gravel, rocket, ...: texture and detail, not smooth wallpapers).
 
 Layout of --out: `train/<source>/*.jpg|png`, `heldout/<source>/*.jpg`, `train.jsonl` (the captioned items in the
 official layout: image_path, h_div_w, text) and `manifest.json` (every source with its package version, licence,
@@ -42,6 +46,7 @@ ARCHIVE_SUFFIXES = (".pk3", ".zip")
 MIN_SIDE = 64  # smaller files are icons or sprites, not pictures
 SHORT_SIDE = 192  # crops are stored at this short side: room for the trainer's random resized crops to 128 px
 ASPECTS = (1.0, 1.5, 2 / 3)  # height / width of the stored crops: the embedded schedules' 1:1, 2:3, 3:2
+MIN_CROP = 128  # px: no crop's short side is smaller (the trainer's largest target), unless the picture's is
 Image.MAX_IMAGE_PIXELS = 64_000_000  # the largest wallpapers are 5120x2880; anything far bigger is refused
 
 
@@ -55,16 +60,31 @@ class Source:
     folder: str | None = None
     crops: int = 24  # crops per picture ("photo", "texture"); glyphs or scenes in all ("emoji", "shapes")
     split: str = "train"  # or "heldout": the whole source stays out of training
+    files: tuple[str, ...] = ()  # glob patterns (matched from the end of a path) of the pictures to read; () all
+    backdrops: tuple[str, ...] = ()  # "emoji": the sources whose training crops may be drawn behind a glyph
 
 
-DEFAULT_SOURCES = (
-    Source("plasma", "photo", package="plasma-workspace-wallpapers", crops=40),
-    Source("ukui", "photo", package="ukui-wallpapers", crops=40),
-    Source("openarena", "texture", package="openarena-081-textures", crops=2),
+OPENCV_PHOTOS = tuple(f"examples/data/{name}" for name in (  # its photographs; not its drawings, text, checkerboards
+    "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg",
+    "box_in_scene.png", "building.jpg", "butterfly.jpg", "chicky_512.png", "ela_original.jpg", "fruits.jpg",
+    "graf1.png", "home.jpg", "leuvenA.jpg", "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg",
+    "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg"))
+SKIMAGE_PHOTOS = tuple(f"skimage/data/{name}" for name in (
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
+    "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png", "rocket.jpg"))
+
+DEFAULT_SOURCES = (  # in build order: the emoji draw the photo sources' crops behind some glyphs
+    Source("plasma", "photo", package="plasma-workspace-wallpapers", crops=72),
+    Source("ukui", "photo", package="ukui-wallpapers", crops=72),
+    Source("lomiri", "photo", package="lomiri-wallpapers-16.04", crops=72),
+    Source("opencv", "photo", package="opencv-doc", crops=24, files=OPENCV_PHOTOS),
+    Source("openarena", "texture", package="openarena-081-textures", crops=1),
     Source("colobot", "texture", package="colobot-common-textures", crops=2),
-    Source("emoji", "emoji", package="fonts-noto-color-emoji", crops=4000),
-    Source("shapes", "shapes", crops=1500),
+    Source("emoji", "emoji", package="fonts-noto-color-emoji", crops=4000, backdrops=("plasma", "ukui", "lomiri")),
+    Source("shapes", "shapes", crops=1200),
     Source("mate", "photo", package="mate-backgrounds", crops=6, split="heldout"),
+    Source("skimage", "photo", package="python3-skimage", crops=12, split="heldout", files=SKIMAGE_PHOTOS),
+    Source("sklearn", "photo", package="python3-sklearn", crops=12, split="heldout", files=("images/*.jpg",)),
 )
 
 
@@ -103,10 +123,12 @@ def licences(root: Path) -> list[str]:
     return names or ["see usr/share/doc/*/copyright in the package"]
 
 
-def _picture_files(root: Path) -> list[Path]:
-    """Image files below `root`; where a folder holds the same picture at several resolutions (named WxH, as
-    in KDE wallpapers), only the largest; previews named 'screenshot' are left out."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + ARCHIVE_SUFFIXES)
+def _picture_files(root: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
+    """Image files below `root` (those matching one of `patterns`, if any); where a folder holds the same picture
+    at several resolutions (named WxH, as in KDE wallpapers), only the largest; previews named 'screenshot' are
+    left out."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + ARCHIVE_SUFFIXES
+                   and (not patterns or any(p.relative_to(root).match(pattern) for pattern in patterns)))
     keep, by_folder = [], {}
     for p in files:
         if p.stem.lower().startswith("screenshot"):
@@ -120,9 +142,9 @@ def _picture_files(root: Path) -> list[Path]:
     return keep + sorted(by_folder.values())
 
 
-def _pictures(root: Path, report: Report):
+def _pictures(root: Path, report: Report, patterns: tuple[str, ...] = ()):
     """(name, RGB image) of every readable picture below `root`, archives' members included."""
-    for path in _picture_files(root):
+    for path in _picture_files(root, patterns):
         if path.suffix.lower() in ARCHIVE_SUFFIXES:
             try:
                 archive = zipfile.ZipFile(path)
@@ -163,11 +185,12 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
 
 
 def random_crop(img: Image.Image, rng: random.Random, min_side: float) -> Image.Image:
-    """A crop of one of ASPECTS whose short side is `min_side`..1 of the largest such crop's, stored at SHORT_SIDE."""
+    """A crop of one of ASPECTS whose short side is `min_side`..1 of the largest such crop's (and at least MIN_CROP
+    px where the picture allows), stored at SHORT_SIDE."""
     aspect = rng.choice(ASPECTS)
     w, h = img.size
     full_w, full_h = min(w, h / aspect), min(h, w * aspect)
-    s = rng.uniform(min_side, 1.0)
+    s = rng.uniform(min(1.0, max(min_side, MIN_CROP / min(full_w, full_h))), 1.0)
     cw, ch = max(1, round(full_w * s)), max(1, round(full_h * s))
     left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
     crop = img.crop((left, top, left + cw, top + ch))
@@ -179,7 +202,7 @@ def random_crop(img: Image.Image, rng: random.Random, min_side: float) -> Image.
 
 def _crop_source(source: Source, root: Path, out: Path, rng: random.Random, report: Report) -> list[dict]:
     min_side = 0.15 if source.kind == "photo" else 0.5  # photos: details as well as whole views
-    for i, (name, img) in enumerate(_pictures(root, report)):
+    for i, (name, img) in enumerate(_pictures(root, report, source.files)):
         for j in range(source.crops):
             random_crop(img, rng, min_side).save(out / f"{i:05d}_{j:02d}.jpg", quality=95)
             report.written += 1
@@ -193,8 +216,32 @@ def _emoji_font(root: Path) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(fonts[0]), 109)  # the only size of its bitmap strikes
 
 
-def _emoji_source(source: Source, root: Path, out: Path, rng: random.Random, report: Report) -> list[dict]:
-    """Every single-codepoint emoji the font draws, on a random plain background, captioned by its name."""
+def backdrop(size: int, rng: random.Random, photos: list[Path]) -> Image.Image:
+    """A square background for a glyph: white, a plain colour, a two-colour gradient at any angle, or (where
+    `photos` are given) a crop of one of them, each as likely: uploads show emoji on anything, not only on white."""
+    kind = rng.choice(["white", "colour", "gradient", "photo"] if photos else ["white", "colour", "gradient"])
+    if kind == "white":
+        return Image.new("RGB", (size, size), (255, 255, 255))
+    if kind == "colour":
+        return Image.new("RGB", (size, size), tuple(rng.randint(0, 255) for _ in range(3)))
+    if kind == "gradient":
+        # Pillow's 256x256 top-to-bottom ramp, turned and cut to its inner square (no empty corners), as the mask
+        ramp = Image.linear_gradient("L").rotate(rng.uniform(0, 360), Image.BICUBIC, expand=True)
+        inner = 256 / 2**0.5
+        left, top = (ramp.width - inner) / 2, (ramp.height - inner) / 2
+        mask = ramp.crop((round(left), round(top), round(left + inner), round(top + inner))).resize((size, size))
+        a, b = (Image.new("RGB", (size, size), tuple(rng.randint(0, 255) for _ in range(3))) for _ in range(2))
+        return Image.composite(a, b, mask)
+    with Image.open(rng.choice(photos)) as photo:
+        photo = photo.convert("RGB")
+    side = min(photo.size)
+    left, top = rng.randint(0, photo.width - side), rng.randint(0, photo.height - side)
+    return photo.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+
+
+def _emoji_source(source: Source, root: Path, out: Path, rng: random.Random, report: Report,
+                  photos: list[Path]) -> list[dict]:
+    """Every single-codepoint emoji the font draws, on a random backdrop, captioned by its name."""
     font = _emoji_font(root)
 
     def render(char: str) -> Image.Image:
@@ -214,8 +261,7 @@ def _emoji_source(source: Source, root: Path, out: Path, rng: random.Random, rep
             continue
         glyph = glyph.crop(glyph.getbbox())
         size = rng.randint(160, 224)
-        background = tuple(rng.randint(0, 255) for _ in range(3)) if rng.random() < 0.5 else (255, 255, 255)
-        canvas = Image.new("RGB", (size, size), background)
+        canvas = backdrop(size, rng, photos)
         scale = rng.uniform(0.45, 0.9) * size / max(glyph.size)
         glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.BICUBIC)
         canvas.paste(glyph, (rng.randint(0, size - glyph.width), rng.randint(0, size - glyph.height)), glyph)
@@ -267,8 +313,13 @@ def build_corpus(out: str | Path, sources=DEFAULT_SOURCES, debs: str | Path | No
                 if not root.is_dir():
                     raise ValueError(f"source {source.name}: {root} is not a folder")
                 entry.update(origin=str(root), licence="the folder owner's")
-            make = _emoji_source if source.kind == "emoji" else _crop_source
-            lines += make(source, root, folder, rng, report)
+            if source.kind == "emoji":
+                photos = sorted(p for name in source.backdrops for p in (out / "train" / name).glob("*.jpg"))
+                if source.backdrops and not photos:
+                    raise ValueError(f"source {source.name}: build its backdrops {source.backdrops} first")
+                lines += _emoji_source(source, root, folder, rng, report, photos)
+            else:
+                lines += _crop_source(source, root, folder, rng, report)
         entry.update(files_read=report.files, skipped=dict(report.skipped), images_written=report.written)
         logger.info("%s: %d files read, %d skipped %s, %d images written", source.name, report.files,
                     sum(report.skipped.values()), dict(report.skipped), report.written)

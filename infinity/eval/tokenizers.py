@@ -4,8 +4,9 @@ Every tokenizer file reconstructs the same held-out photographs (center-cropped 
 `python -m infinity tokenize` does) through the 1:1 schedule of its own patch size; the PSNR after every scale and
 at the end is averaged over the photos. Beside them, on the same photos:
 
-* JPEG (Pillow, optimised Huffman tables) at the bits of a tokenizer's final scale, d x h_K x w_K: for each image
-  the quality (1..95) whose whole file is the largest not exceeding that budget. Where even quality 1 is larger,
+* JPEG (Pillow, optimised Huffman tables) at the bits of a tokenizer's final scale, d x h_K x w_K, and at all
+  the bits its decoder needs, sum_k d h_k w_k (every scale): for each image and budget the quality (1..95) whose
+  whole file is the largest not exceeding it. Where even quality 1 is larger,
   the quality-1 file is used and the record counts the image as over budget.
 * A 16 x 16 thumbnail (area average) enlarged bicubically: 16 * 16 * 24 bits.
 
@@ -273,7 +274,8 @@ def thumbnail_record(photos: Sequence[Image.Image], scenes: Sequence[Scene], siz
 
 def evaluate(weights: Sequence[str | Path], images: str | Path, size: int = 128, shapes: int = 31,
              max_images: int | None = None) -> dict:
-    """Every tokenizer, JPEG at each distinct final-scale budget among them, and the thumbnail: a JSON-ready dict."""
+    """Every tokenizer, JPEG at each distinct budget among them (final scale, all scales), and the thumbnail: a
+    JSON-ready dict."""
     if size < THUMBNAIL_SIDE:
         raise ValueError(f"--size must be at least {THUMBNAIL_SIDE}, got {size}")
     if shapes < 0:
@@ -290,7 +292,7 @@ def evaluate(weights: Sequence[str | Path], images: str | Path, size: int = 128,
     for name, tokenizer in tokenizers.items():
         logger.info("tokenizer %s", name)
         records.append(tokenizer_record(name, tokenizer, photos, scenes, size))
-    for budget in sorted({int(r.bits_final_scale) for r in records}):
+    for budget in sorted({int(r.bits_final_scale) for r in records} | {int(r.bits_all_scales) for r in records}):
         logger.info("JPEG at %d bits", budget)
         records.append(jpeg_record(budget, photos, scenes, size))
     records.append(thumbnail_record(photos, scenes, size))

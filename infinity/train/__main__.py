@@ -18,7 +18,7 @@ from .engine import Distributed, OptimConfig
 from .loop import RunConfig, train
 from .recipes import RECIPES
 from .shared import load_text_encoder
-from .tokenizer_trainer import CaptionSampler, TokenizerLoss, TokenizerTask
+from .tokenizer_trainer import CaptionSampler, TokenizerLoss, TokenizerTask, parse_low_res
 from .transformer_trainer import TransformerLoss, TransformerTask
 
 logger = logging.getLogger("infinity.train")
@@ -36,6 +36,12 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
     g.add_argument("--batch-size", type=int, default=16, help="global batch, split over the processes (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="fixes data, flips and dropout (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if there is one")
+    g.add_argument("--stop-at", type=int, default=0,
+                   help="end this process after this step (checkpoint and weights written; the learning rate still "
+                        "follows --steps): a long run in segments (default: %(default)s, run to --steps)")
+    g.add_argument("--start-step", type=int, default=0,
+                   help="with --init-from and no checkpoint: the step those weights were exported at, so that the "
+                        "schedules go on from there (the fresh optimizer warms up again; default: %(default)s)")
     g.add_argument("--init-from", default=None,
                    help="start from these weights: an official .pth or our .safetensors (fine-tuning)")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
@@ -83,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the encoder's features pulled towards their quantized sum F_K (default: %(default)s)")
     t.add_argument("--gan-weight", type=float, default=0.0, help="PatchGAN hinge loss, 0 for none (default: %(default)s)")
     t.add_argument("--gan-start", type=int, default=0, help="first step of the GAN loss (default: %(default)s)")
+    t.add_argument("--low-res", nargs="+", default=None, metavar="SIZE:UNTIL",
+                   help="progressive resolution: before step UNTIL, whole images downscaled to a SIZE-pixel short "
+                        "side (e.g. 64:4800); the model's own sizes after the last stage")
     t.add_argument("--crop-size", type=int, default=0,
                    help="train on random square crops of this many pixels (0: whole images; default: %(default)s)")
     t.add_argument("--decoder-only", action="store_true",
@@ -152,6 +161,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     if args.fsdp and getattr(args, "on_policy_share", 0.0) > 0:
         raise ValueError("--fsdp cannot be combined with --on-policy-share: on-policy sampling calls the model's "
                          "parts one by one, which FSDP does not gather; train with DDP (without --fsdp) instead")
+    if args.start_step and not args.init_from:
+        raise ValueError("--start-step continues exported weights: give them with --init-from")
     optim = OptimConfig(
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay,
@@ -160,7 +171,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, optim=optim,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp,
-        precision=args.precision,
+        precision=args.precision, stop_at=args.stop_at, start_step=args.start_step,
     )
 
 
@@ -186,7 +197,7 @@ def _task(args: argparse.Namespace, run: RunConfig):
                              decoder_only=args.decoder_only,
                              sampler=_caption_sampler(args.sample_from) if args.sample_from else None,
                              sample_share=args.sample_share, sample_given_scales=args.sample_given_scales,
-                             init_trunk_from=args.init_trunk_from)
+                             init_trunk_from=args.init_trunk_from, low_res=parse_low_res(args.low_res))
     tokenizer = load_model(args.tokenizer)
     if not isinstance(tokenizer, BitwiseTokenizer):
         raise ValueError(f"{args.tokenizer} is not a tokenizer")

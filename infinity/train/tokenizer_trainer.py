@@ -26,6 +26,10 @@ keeps its reconstruction honest. Without this, the decoder only ever meets the e
 With `crop_size`, every image is cut to a random square crop first and quantized on the scales of the
 schedule that fit the crop: the networks are convolutional, so crops teach the same local reconstruction at a
 fraction of the cost (4x fewer pixels for 64 px crops of 128 px images).
+
+With `low_res` stages (progressive resolution), the steps before a stage's end train on whole images downscaled
+to the stage's short side (area averaging), quantized on the schedule's scales clipped to the smaller latent grid:
+the whole picture at a fraction of the cost, then the model's own sizes for the steps after the last stage.
 """
 from __future__ import annotations
 
@@ -100,6 +104,27 @@ def random_crops(
     crops = torch.stack([img[:, t:t + size, l:l + size] for img, t, l in zip(x_B3HW, tops.tolist(), lefts.tolist())])
     clipped = list(dict.fromkeys((min(h, n), min(w, n)) for h, w in scales))
     return crops, clipped
+
+
+def parse_low_res(stages: list[str] | None) -> tuple[tuple[int, int], ...]:
+    """'SIZE:UNTIL' strings (short side in pixels, first step at a larger size) -> sorted (size, until) pairs."""
+    out = []
+    for text in stages or ():
+        try:
+            size, until = (int(v) for v in text.split(":"))
+        except ValueError:
+            raise ValueError(f"a low-resolution stage is SIZE:UNTIL_STEP (e.g. 64:4800), got {text!r}") from None
+        out.append((size, until))
+    return tuple(sorted(out, key=lambda st: st[1]))
+
+
+def downscale(x_B3HW: torch.Tensor, scales, size: int, patch: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Whole images with their short side area-averaged down to `size`, and the scales clipped to that latent grid."""
+    H, W = x_B3HW.shape[-2:]
+    h, w = H * size // min(H, W), W * size // min(H, W)
+    small = F.interpolate(x_B3HW, size=(h, w), mode="area")
+    n_h, n_w = h // patch, w // patch
+    return small, list(dict.fromkeys((min(a, n_h), min(b, n_w)) for a, b in scales))
 
 
 def _perceptual_loss():
@@ -178,7 +203,16 @@ class TokenizerTask:
         sample_share: float = 0.5,
         sample_given_scales: int = 2,
         init_trunk_from: str | None = None,
+        low_res: tuple[tuple[int, int], ...] = (),
     ):
+        smallest = min(min(s.pixel_hw) for s in schedules.values())
+        if any(size % config.patch_size or not 0 < size < smallest or until < 1 for size, until in low_res):
+            raise ValueError(f"low-resolution stages need a size that is a multiple of the patch size "
+                             f"{config.patch_size} and below the smallest image side {smallest}, and a step >= 1: "
+                             f"{list(low_res)}")
+        if low_res and (crop_size or sampler):
+            raise ValueError("low-resolution stages train on whole images: not with --crop-size or --sample-from")
+        self.low_res = low_res
         if crop_size and (crop_size % config.patch_size or crop_size > min(min(s.pixel_hw) for s in schedules.values())):
             raise ValueError(f"crop size {crop_size} must be a multiple of the patch size {config.patch_size} "
                              f"and fit every image of the schedules")
@@ -225,6 +259,7 @@ class TokenizerTask:
             "decoder_only": self.decoder_only, "sample_from": self.sampler.folder if self.sampler else None,
             "sample_share": self.sample_share,
             "sample_given_scales": self.sample_given_scales, "init_trunk_from": self.init_trunk_from,
+            "low_res": [list(st) for st in self.low_res],
             "schedules": {k: [list(g) for g in s.scales] for k, s in self.schedules.items()},
         }
 
@@ -244,6 +279,9 @@ class TokenizerTask:
         batch: Batch = self.source.batch(step, self.batch_size, dist.shard(self.batch_size))
         x = batch.images_B3HW.to(dist.device)
         scales = self.schedules[batch.aspect_ratio].scales
+        size = next((size for size, until in self.low_res if step < until), 0)
+        if size:
+            x, scales = downscale(x, scales, size, self.config.patch_size)
         if self.crop_size:
             x, scales = random_crops(x, scales, self.crop_size, self.config.patch_size,
                                      step_generator(self.seed, step, "crop"), self.batch_size, dist.shard(self.batch_size))

@@ -1,0 +1,79 @@
+"""Markdown tables built from the campaigns' ledgers (the README and docs embed them between markers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .ledger import ledger_path, read_rows
+
+
+def _evaluations(rows: list[dict], run: str) -> list[dict]:
+    return [r for r in rows if r.get("run") == run and r.get("kind") == "evaluation"]
+
+
+def _cpu_hours(rows: list[dict], run: str, step: int) -> float:
+    return sum(r["cpu_s"] for r in rows if r.get("run") == run and r.get("kind") == "segment" and r["step"] <= step) / 3600
+
+
+def tokenizers_table(root: str | Path = ".") -> str:
+    """Per depth: the shipped weights (the best evaluation), and the latest evaluation when it did not ship."""
+    rows = read_rows(ledger_path("tokenizers", root))
+    lines = ["| tokenizer | weights | step | images seen | campaign CPU-hours | held-out PSNR mean | pooled |",
+             "|---|---|---|---|---|---|---|"]
+    for run in sorted({r["run"] for r in rows}, key=lambda n: int(n.rsplit("d", 1)[1])):
+        evaluations = _evaluations(rows, run)
+        if not evaluations:
+            continue
+        shipped = [r for r in evaluations if r.get("shipped")] or [r for r in evaluations if r["weights"] == "shipped"]
+        shown = [(shipped[-1], "shipped")] + [(evaluations[-1], "latest, not shipped")] * (evaluations[-1] is not shipped[-1])
+        for r, what in shown:
+            lines.append(f"| {run} | {what} | {r['step']} | {r['images_seen']:,} | {_cpu_hours(rows, run, r['step']):.2f} "
+                         f"| {r['psnr_db']:.2f} dB | {r['psnr_pooled_db']:.2f} dB |")
+    heldout = next((r for r in reversed(rows) if r.get("kind") == "evaluation"), None)
+    if heldout:
+        lines.append("")
+        lines.append(f"Held-out: {heldout['heldout_images']} photographs of `{heldout['heldout']}` at "
+                     f"128x128, weights rounded to fp16 as shipped; steps of batch 16.")
+    return "\n".join(lines)
+
+
+def embedded_table(root: str | Path = ".") -> str:
+    rows = read_rows(ledger_path("embedded", root))
+    lines = ["| weights | step | campaign images | campaign CPU-hours | 1 object | 2 objects | 3 objects "
+             "| seed spread (mean, /255) | open prompts >= 8/255 |", "|---|---|---|---|---|---|---|---|---|"]
+    evaluations = _evaluations(rows, "embedded-transformer")
+    for r in evaluations:
+        what = "shipped before the campaign" if r["weights"] == "shipped" else ("shipped" if r["shipped"] else "not shipped")
+        a = r["adherence"]
+        lines.append(f"| {what} | {r['step']} | {r['images_seen']:,} | {_cpu_hours(rows, 'embedded-transformer', r['step']):.2f} "
+                     f"| {a.get('1', 0):.2f} | {a.get('2', 0):.2f} | {a.get('3', 0):.2f} | {r['seed_spread_mean']:.1f} "
+                     f"| {r['prompts_over_spread_target']} of {r['open_prompts']} |")
+    if evaluations:
+        r = evaluations[-1]
+        lines.append("")
+        lines.append(f"Held-out scenes: {r['scenes'][0]} / {r['scenes'][1]} / {r['scenes'][2]} of 1 / 2 / 3 objects at "
+                     f"the defaults; seed spread over {r['seeds']} seeds of {r['open_prompts']} prompts that leave the "
+                     "background open.")
+    return "\n".join(lines)
+
+
+TABLES = {"tokenizers": tokenizers_table, "embedded": embedded_table}
+
+
+TABLE_FILES = {"tokenizers": "README.md", "embedded": "docs/embedded-model.md"}
+
+
+def write_tables(root: str | Path = ".") -> list[Path]:
+    """Rewrite every `<!-- ledger:NAME -->` ... `<!-- /ledger:NAME -->` block from its ledger; the files changed."""
+    changed = []
+    for name, table in TABLES.items():
+        path = Path(root) / TABLE_FILES[name]
+        text = path.read_text()
+        begin, end = f"<!-- ledger:{name} -->", f"<!-- /ledger:{name} -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"{path}: no {begin} ... {end} block to write the {name} table into")
+        head, rest = text.split(begin, 1)
+        new = f"{head}{begin}\n{table(root).strip()}\n{end}{rest.split(end, 1)[1]}"
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed

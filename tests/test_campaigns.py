@@ -1,0 +1,111 @@
+"""Campaigns: segments that add up to one run, depths brought to the same point, ship only what is better,
+a lost runs/ folder resumed from the shipped weights at their step, and ledger tables built from the rows."""
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from infinity.campaigns.ledger import append_row, read_rows
+from infinity.campaigns.tables import tokenizers_table
+from infinity.campaigns.tokenizers import TokenizerCampaign, TokenizerPlan, run_position, segment_args
+from infinity.checkpoints import save_model
+from infinity.tokenizer import BitwiseTokenizer
+from infinity.train.recipes import RECIPES
+
+TINY = RECIPES["shapes-tiny"]
+
+
+def _photos(folder, n, seed):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        smooth = rng.integers(0, 255, (4, 6, 3), dtype=np.uint8)
+        Image.fromarray(smooth).resize((48, 32), Image.BICUBIC).save(folder / f"{i}.png")
+
+
+@pytest.fixture
+def plan(tmp_path):
+    _photos(tmp_path / "train" / "a", 6, 0)
+    _photos(tmp_path / "heldout" / "b", 3, 1)
+    for bits in (8, 16):
+        torch.manual_seed(bits)
+        tok = BitwiseTokenizer(dataclasses.replace(TINY.tokenizer, bits=bits))
+        save_model(tok.half(), tmp_path / "shipped" / f"d{bits}.safetensors")
+    return TokenizerPlan(
+        bits=(8, 16), steps=4, batch_size=2, low_res="16:2", segment=2, data=str(tmp_path / "train"),
+        heldout=str(tmp_path / "heldout"), eval_size=32, runs=str(tmp_path / "runs"),
+        shipped=str(tmp_path / "shipped" / "d{bits}.safetensors"), start_images=10,
+        flags=("--recipe", "shapes-tiny", "--lr", "1e-3", "--warmup-steps", "1", "--checkpoint-every", "1",
+               "--no-progress"),
+    )
+
+
+def test_campaign_trains_depths_in_turn_ships_only_better_weights_and_resumes_without_runs(plan, tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    campaign = TokenizerCampaign(plan, ledger)
+    campaign.run(minutes=30)
+    rows = read_rows(ledger)
+    segments = [(r["run"], r["step_from"], r["step"]) for r in rows if r["kind"] == "segment"]
+    assert segments == [("general-d8", 0, 2), ("general-d16", 0, 2), ("general-d8", 2, 4), ("general-d16", 2, 4)]
+    assert all(r["cpu_s"] > 0 and r["images_seen"] == 10 + r["step"] * 2 for r in rows if r["kind"] == "segment")
+    evaluations = [r for r in rows if r["kind"] == "evaluation"]
+    assert [(r["run"], r["step"]) for r in evaluations] == [
+        ("general-d8", 0), ("general-d16", 0), ("general-d8", 2), ("general-d16", 2), ("general-d8", 4),
+        ("general-d16", 4)]
+    for run in ("general-d8", "general-d16"):  # shipped exactly when better than the best shipped so far
+        best = float("-inf")
+        for r in (r for r in evaluations if r["run"] == run):
+            assert r["shipped"] == (r["weights"] != "shipped" and r["psnr_db"] > best)
+            if r["shipped"] or r["weights"] == "shipped":
+                best = max(best, r["psnr_db"])
+    shipped = [r for r in evaluations if r["shipped"]]
+    assert shipped, "random tokenizers trained on these photos should improve at least once"
+    last = shipped[-1]
+    bits = int(last["run"].rsplit("d", 1)[1])
+    with safe_open(plan.shipped_file(bits), "pt") as f:  # shipped in 16 bits
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+
+    # runs/ lost: the run goes on from the shipped weights at the step they were shipped at
+    shutil.rmtree(plan.runs)
+    step, from_checkpoint = run_position(plan, bits, read_rows(ledger))
+    assert (step, from_checkpoint) == (last["step"], False)
+    args = segment_args(plan, bits, step, from_checkpoint, 4, 1)
+    assert args[args.index("--init-from") + 1] == str(plan.shipped_file(bits))
+    assert (args[args.index("--start-step") + 1] == str(step)) if step else "--start-step" not in args
+
+    table = tokenizers_table_from(ledger)
+    assert f"| {last['run']} | shipped | {last['step']} |" in table and f"{last['psnr_db']:.2f} dB" in table
+
+
+def tokenizers_table_from(ledger):
+    root = ledger.parent / "root"
+    (root / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ledger, root / "benchmarks" / "results" / "ledger_tokenizers.jsonl")
+    return tokenizers_table(root)
+
+
+def test_ledger_rows_carry_the_machine_and_refuse_damage(tmp_path):
+    path = tmp_path / "l.jsonl"
+    row = append_row(path, {"run": "x", "kind": "segment"})
+    assert row["cpu"] and len(row["load_average"]) == 3 and read_rows(path) == [row]
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=":2: not a JSON line"):
+        read_rows(path)
+
+
+def test_the_readme_tables_are_the_ledgers():
+    from pathlib import Path
+
+    from infinity.campaigns.tables import TABLES
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text() + (root / "docs" / "embedded-model.md").read_text()
+    for name, table in TABLES.items():
+        begin, end = f"<!-- ledger:{name} -->", f"<!-- /ledger:{name} -->"
+        assert begin in readme, f"no {begin} block in README.md / docs/embedded-model.md"
+        block = readme.split(begin, 1)[1].split(end, 1)[0].strip()
+        assert block == table(root).strip(), f"the {name} table differs from `python -m infinity.campaigns table {name}`"
