@@ -13,6 +13,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from infinity.app import pair
+from infinity.eval import pair as pair_eval
 from infinity.app.handlers import Handlers
 from infinity.checkpoints import save_model
 from infinity.eval.recovery import RecoveryPoint
@@ -53,11 +54,11 @@ def pair_dir(arms, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def duo(pair_dir):
-    return pair.SelfCorrectionPair.load(pair_dir)
+    return pair_eval.SelfCorrectionPair.load(pair_dir)
 
 
 def test_the_exported_pair_records_both_arms_and_stores_fp16(pair_dir, arms):
-    info = pair.read_info(pair_dir)
+    info = pair_eval.read_info(pair_dir)
     assert info["models"]["without"]["self_correction_strength"] == 0
     assert info["models"]["with"]["self_correction_strength"] == 0.5 and info["models"]["with"]["steps"] == 2
     assert (pair_dir / info["tokenizer"]).resolve() == arms[0].resolve() and info["heldout"] == {"1": 2, "2": 1}
@@ -85,35 +86,35 @@ def test_export_refuses_arms_that_are_not_matched(arms, tmp_path):
 
 
 def test_the_pair_refuses_another_tokenizer_and_a_missing_folder(pair_dir, tmp_path):
-    info = pair.read_info(pair_dir)
+    info = pair_eval.read_info(pair_dir)
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("without.safetensors", "with.safetensors"):
         (moved / name).write_bytes((pair_dir / name).read_bytes())
     torch.manual_seed(1)
     save_model(BitwiseTokenizer(RECIPES["shapes-tiny"].tokenizer), moved / "tok.safetensors")
-    (moved / pair.PAIR_FILE).write_text(json.dumps({**info, "tokenizer": "tok.safetensors"}))
+    (moved / pair_eval.PAIR_FILE).write_text(json.dumps({**info, "tokenizer": "tok.safetensors"}))
     with pytest.raises(ValueError, match="SHA-256"):
-        pair.SelfCorrectionPair.load(moved)
+        pair_eval.SelfCorrectionPair.load(moved)
     with pytest.raises(FileNotFoundError, match="no self-correction pair"):
-        pair.SelfCorrectionPair.load(tmp_path / "nowhere")
-    (moved / pair.PAIR_FILE).write_text("{not json")
+        pair_eval.SelfCorrectionPair.load(tmp_path / "nowhere")
+    (moved / pair_eval.PAIR_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not readable JSON"):
-        pair.read_info(moved)
+        pair_eval.read_info(moved)
 
 
 def test_both_models_get_the_same_flipped_bits(duo):
     assert set(duo.pipes) == {"without", "with"} and len(duo.scenes) == 3
     assert duo.pipes["with"].tokenizer is duo.pipes["without"].tokenizer
-    one = pair.compare_scene(duo, 1, 2, 0.5, seed=3)
-    assert set(one.images) == {"scene", pair.CLEAN, pair.NO_CORRECTION, "without", "with"}
+    one = pair_eval.compare_scene(duo, 1, 2, 0.5, seed=3)
+    assert set(one.images) == {"scene", pair_eval.CLEAN, pair_eval.NO_CORRECTION, "without", "with"}
     assert all(isinstance(im, Image.Image) and im.size == (32, 32) for im in one.images.values())
-    assert one.psnr_db[pair.NO_CORRECTION] < 100  # half of scale 2 flipped: the reference is damaged
-    again = pair.compare_scene(duo, 1, 2, 0.5, seed=3)
+    assert one.psnr_db[pair_eval.NO_CORRECTION] < 100  # half of scale 2 flipped: the reference is damaged
+    again = pair_eval.compare_scene(duo, 1, 2, 0.5, seed=3)
     assert again.psnr_db == one.psnr_db  # the seed fixes flips and sampling
-    untouched = pair.compare_scene(duo, 1, 2, 0.0, seed=3)
-    assert untouched.psnr_db[pair.NO_CORRECTION] > 100  # nothing flipped: the reference is the clean image
-    m = pair.measure(duo, 2, 0.5, count=2, seed=3)
+    untouched = pair_eval.compare_scene(duo, 1, 2, 0.0, seed=3)
+    assert untouched.psnr_db[pair_eval.NO_CORRECTION] > 100  # nothing flipped: the reference is the clean image
+    m = pair_eval.measure(duo, 2, 0.5, count=2, seed=3)
     assert m.scenes == 2 and [pt.p for pt in m.points["with"]] == [0.0, 0.5]
     assert m.points["with"][1].reference_psnr_db == m.points["without"][1].reference_psnr_db  # the same flips
 
@@ -121,7 +122,7 @@ def test_both_models_get_the_same_flipped_bits(duo):
 def _measured(with_db, without_db):
     def points(db):
         return (RecoveryPoint(2, 0.0, 4, 30.0, 1.0, 200.0, 1.0), RecoveryPoint(2, 0.2, 4, db, 0.5, 15.0, 0.25))
-    return pair.Measured(2, 0.2, 4, {"with": points(with_db), "without": points(without_db)})
+    return pair_eval.Measured(2, 0.2, 4, {"with": points(with_db), "without": points(without_db)})
 
 
 def test_the_conclusion_follows_the_numbers(duo):
