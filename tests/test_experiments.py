@@ -9,7 +9,7 @@ from PIL import Image
 from infinity.checkpoints import save_model
 from infinity.experiments.__main__ import main
 from infinity.experiments.claims import ClaimsConfig, arms
-from infinity.experiments.measures import index_head_sizes, tokenizer_schedule
+from infinity.experiments.measures import index_head_sizes
 from infinity.experiments.report import markdown
 from infinity.tokenizer import BitwiseTokenizer
 from infinity.train.recipes import RECIPES
@@ -85,11 +85,6 @@ def test_index_head_sizes_match_the_model_and_grow_as_two_to_the_d():
     assert rows[0]["rest_of_model_params"] + rows[0]["index_head_params"] == sum(p.numel() for p in model.parameters())
     assert rows[1]["index_head_params"] == 256 * rows[0]["index_head_params"]
     assert rows[1]["index_logits_bytes"] == 4 * 16 * 85 * 2**16
-
-
-def test_tokenizer_schedule_ends_at_the_full_latent():
-    assert tokenizer_schedule(8).scales[-1] == (16, 16)
-    assert tokenizer_schedule(16).scales == ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8))
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
