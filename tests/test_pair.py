@@ -119,6 +119,29 @@ def test_both_models_get_the_same_flipped_bits(duo):
     assert m.points["with"][1].reference_psnr_db == m.points["without"][1].reference_psnr_db  # the same flips
 
 
+def test_both_models_get_identical_flipped_bits_and_random_streams(duo, monkeypatch):
+    """Every sampler call of the pair, recorded per model: the same prefix, the same intervention and the same
+    generator state, scene by scene, for both models."""
+    from infinity.eval import recovery
+
+    calls = {arm: [] for arm in duo.pipes}
+    arm_of = {id(pipe.transformer): arm for arm, pipe in duo.pipes.items()}
+
+    def spy(model, tokenizer, text_BTE, lens_B, schedule, **kw):
+        calls[arm_of[id(model)]].append((kw["intervention"], kw["generator"].get_state(), kw["cfg"], kw["tau"],
+                                         [b.clone() for b in kw["prefix_bits"]], text_BTE.clone()))
+        return real(model, tokenizer, text_BTE, lens_B, schedule, **kw)
+
+    real = recovery.sample_scales
+    monkeypatch.setattr(recovery, "sample_scales", spy)
+    pair_eval.compare_scene(duo, 1, 2, 0.5, seed=3)
+    pair_eval.measure(duo, 2, 0.5, count=3, seed=4)
+    assert len(calls["with"]) == len(calls["without"]) == 3  # one scene; then p = 0 and p = 0.5 on one batch
+    for a, b in zip(calls["with"], calls["without"]):
+        assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2:4] == b[2:4]
+        assert all(torch.equal(x, y) for x, y in zip(a[4], b[4])) and torch.equal(a[5], b[5])
+
+
 def _measured(with_db, without_db):
     def points(db):
         return (RecoveryPoint(2, 0.0, 4, 30.0, 1.0, 200.0, 1.0), RecoveryPoint(2, 0.2, 4, db, 0.5, 15.0, 0.25))
