@@ -188,12 +188,12 @@ def claims_summary(root: Path) -> str:
                          for j, a in enumerate(arms))
     clean = " / ".join(f"{statistics.mean(a['clean']):.2f}" for a in arms)
     nats = " / ".join(f"{statistics.mean(a['nats']):.3f}" for a in arms)
-    t, dof, p = head["t"]
+    _, _, p = head["t"]
     won = " and ".join(w for w, ok in (("bit accuracy", head["accuracy_bits_wins"]),
                                         ("PSNR", head["psnr_bits_wins"])) if ok)
     size = head["d16"]
-    size_text = (f"; at d = 16 the index head alone has {size['index_head_params'] / 1e6:.1f} M parameters, "
-                 f"{size['index_head_params'] / size['rest_of_model_params']:.1f}x the rest") if size else ""
+    size_text = (f"; at d = 16 the index head is {size['index_head_params'] / size['rest_of_model_params']:.1f}x "
+                 "the rest of the model") if size else ""
     reference = _arms(records, next(iter(sc)))[0]["metrics"]["recovery"][0]["reference_parser_pass"]
     return "\n".join([
         f"`python -m infinity.experiments claims` trains matched arms (`shapes-claims`: "
@@ -202,15 +202,15 @@ def claims_summary(root: Path) -> str:
         f"{records[0]['metrics']['scenes']} held-out scenes, {len(arms[0]['seeds'])} seeds each "
         "([per seed, setup](docs/claims/README.md)):",
         "",
-        "| claim | measured (mean ± sd over seeds) | here |",
+        "| claim | measured (mean ± sd) | here |",
         "|---|---|---|",
         f"| self-correction stops errors from accumulating | {SC_P:.0%} of scale {SC_K}'s true bits flipped at "
         f"random, the rest sampled: PSNR change {recovery} dB{', in that order in every seed' if every_seed else ''}; "
         f"nothing flipped: PSNR {clean} dB (k = {CLEAN_K}), nats/bit {nats} | **reproduces for random flips**, at a "
         "cost when none are; a model's own errors in free generation: not measured |",
         f"| bits beat a softmax over 2^d | d = {head['d']}: nats/bit {_mean_sd(head['bits'], 3)} (bits), "
-        f"{_mean_sd(head['index'], 3)} (index); index lower by {_per_seed(head['gap'], 3)} per seed (paired t = "
-        f"{t:.1f}, {dof} dof, p = {p:.2f}); bits higher in {won or 'neither'} in every seed{size_text} | "
+        f"{_mean_sd(head['index'], 3)} (index); index lower by {_per_seed(head['gap'], 3)} per seed (p = {p:.2f}, "
+        f"paired t); bits higher in {won or 'neither'} in every seed{size_text} | "
         f"**not shown at d = {head['d']}**; the size argument holds |",
         "",
         f"At 64 px the parser reads {reference:.0%} of even the clean reconstructions: adherence (0 for every arm) "
