@@ -116,9 +116,10 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
 
         with gr.Tab("Self-correction", id="self-correction"):
             with gr.Tab("Tokenizer level"):
-                gr.Markdown("Flip a fraction of the bits of the first scales of an image's encoding. Without "
-                            "re-quantization the errors stay; with it (paper Algorithm 4) the later scales "
-                            "quantize the residual of the corrupted sum and correct them.")
+                gr.Markdown("Flip a fraction of the bits of the first scales of an image's encoding, twice: "
+                            "without re-quantization (the later scales keep the clean encoding's bits) and with it "
+                            "(paper Algorithm 4: the later scales quantize the residual of the corrupted sum). "
+                            "The numbers under the result say whether re-quantization brought the image back.")
                 with gr.Row():
                     with gr.Column():
                         sc_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)

@@ -47,6 +47,8 @@ def to_pil(x_3HW: torch.Tensor) -> Image.Image:
 
 
 def psnr(a_B3HW: torch.Tensor, b_B3HW: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), one value per image."""
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), one value per image: of 8-bit
+    images through `to_tensor`, the 8-bit PSNR. The MSE is floored at 1e-12, so identical images give 126.02 dB,
+    not infinity. The project's only PSNR: PIL and uint8 images are converted with `to_tensor` first."""
     mse = (a_B3HW.float() - b_B3HW.float()).pow(2).flatten(1).mean(dim=1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))

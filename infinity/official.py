@@ -20,7 +20,6 @@ import torch
 
 from .checkpoints import load_official_tokenizer, load_official_transformer
 from .options import SamplingDefaults
-from .schedules import ASPECT_RATIOS, Schedule, get_schedule
 from .text import FLAN_T5_XL
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
 from .transformer import TRANSFORMER_PRESETS, Infinity, TransformerConfig
@@ -78,11 +77,6 @@ OFFICIAL_EXAMPLES = (
     "a bowl of ramen on a wooden table, studio photo",
     "a lighthouse on a cliff during a storm, oil painting",
 )
-
-
-def official_schedules(budget: str) -> dict[str, Schedule]:
-    """Every official aspect-ratio template at one pixel budget."""
-    return {name: get_schedule(name, budget) for name in ASPECT_RATIOS}
 
 
 # ---- weight files: local folder, then the Hugging Face cache, then a download ----

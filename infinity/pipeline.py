@@ -39,12 +39,11 @@ from .official import (
     WeightsNotFoundError,
     load_official,
     official_model_in,
-    official_schedules,
 )
 from .options import SamplingDefaults, check_inputs, sampler_options
 from .precision import auto_dtype, autocast_events, cast_blocks_, compute_dtype, precision_name, quantize_int8_
 from .sampling import Intervention, ScaleEvent, StageTimer, sample_scales, untimed
-from .schedules import Schedule
+from .schedules import Schedule, official_schedules
 from .text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
 from .tokenizer import BitwiseTokenizer, TokenizerConfig
 from .tokenizer.model import latent_scales, patchify_bits, spatial_patch

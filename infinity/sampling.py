@@ -40,6 +40,7 @@ from .schedules import Schedule
 from .tokenizer import BitwiseTokenizer
 from .tokenizer.model import latent_scales, spatial_patch, unpatchify_bits
 from .tokenizer.quantizer import Grid, area_resize, bilinear_resize
+from .tokenizer.self_correction import flip_fraction
 from .transformer import Infinity
 
 logger = logging.getLogger(__name__)
@@ -157,16 +158,6 @@ def sample_index_bits(
     probs_Bld = (logits_NV.softmax(dim=-1) @ table_Vd).view(B, l, d)  # marginal of each bit
     bits_Bld = ((index_N1 >> shifts_d) & 1).view(B, l, d).to(torch.uint8)
     return bits_Bld, probs_Bld
-
-
-def flip_fraction(bits_Bhwd: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """The bits with exactly round(fraction * numel) of them, chosen uniformly with `seed`, inverted."""
-    n = round(fraction * bits_Bhwd.numel())
-    g = torch.Generator().manual_seed(seed)  # on the CPU so the same seed flips the same bits on any device
-    chosen = torch.randperm(bits_Bhwd.numel(), generator=g)[:n].to(bits_Bhwd.device)
-    flat = bits_Bhwd.flatten().clone()
-    flat[chosen] = 1 - flat[chosen]
-    return flat.view_as(bits_Bhwd)
 
 
 def _per_scale(name: str, value: float | Sequence[float], K: int) -> list[float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Portrait templates (h/w >= 1): the 13 grids (h, w) of each, coarse to fine.
@@ -159,13 +160,28 @@ def get_schedule(aspect_ratio: str | float = "1:1", budget: str = "1M") -> Sched
     return Schedule(scales=grids, patch_size=OFFICIAL_PATCH_SIZE, h_div_w=template, budget=budget)
 
 
+def official_schedules(budget: str, names: Sequence[str] = tuple(ASPECT_RATIOS)) -> dict[str, Schedule]:
+    """The official schedules of the templates `names` (every one by default) at one pixel budget."""
+    return {name: get_schedule(name, budget) for name in names}
+
+
+def square_schedule(pixels: int, patch_size: int) -> Schedule:
+    """The official 1:1 grids up to a pixels x pixels image's latent grid, ending at it (patch 8: 128 px gives the
+    embedded model's seven scales 1..16, 64 px the claims recipe's five scales 1..8)."""
+    if pixels % patch_size:
+        raise ValueError(f"{pixels} px is not a multiple of the tokenizer's patch size {patch_size}")
+    side = pixels // patch_size
+    grids = [(h, w) for h, w in TEMPLATE_GRIDS[1.0] if h < side] + [(side, side)]
+    return Schedule(tuple(grids), patch_size)
+
+
 SHAPES_PATCH = 8  # pixels per latent cell of the shapes models (the embedded model and its tokenizers)
 
 
 def shapes_schedules(patch_size: int = SHAPES_PATCH) -> dict[str, Schedule]:
     """The shapes models' seven-scale grids (16x16, 16x24 and 24x16 cells at the last) at `patch_size` pixels per
     cell: the embedded model's schedules at 8, and the sizes any of our tokenizer files encodes with."""
-    square = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)]
+    square = square_schedule(16 * patch_size, patch_size).scales
     landscape = [(1, 1), (2, 3), (4, 6), (6, 9), (8, 12), (12, 18), (16, 24)]
     grids = {"1:1": square, "3:2": landscape, "2:3": [(w, h) for h, w in landscape]}
     return {name: Schedule(tuple(g), patch_size, round(g[-1][0] / g[-1][1], 3)) for name, g in grids.items()}

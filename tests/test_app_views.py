@@ -69,14 +69,13 @@ def test_residual_image_is_grey_where_nothing_changed():
     assert from_black == 200
 
 
-def test_difference_map_and_psnr():
+def test_difference_map():
     a = Image.new("RGB", (8, 8), (10, 20, 30))
     same, mean = views.difference_map(a, a.copy())
-    assert mean == 0 and (np.asarray(same) == views.colormap(np.zeros((1, 1)))).all() and views.psnr_db(a, a) == 99.0
+    assert mean == 0 and (np.asarray(same) == views.colormap(np.zeros((1, 1)))).all()
     b = Image.new("RGB", (8, 8), (20, 20, 30))
     _, mean = views.difference_map(a, b)
     assert mean == pytest.approx(10 / 3)
-    assert views.psnr_db(a, b) == pytest.approx(10 * math.log10(255**2 / (100 / 3)))
     with pytest.raises(ValueError, match="differ in size"):
         views.difference_map(a, Image.new("RGB", (4, 4)))
 

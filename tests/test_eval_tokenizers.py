@@ -12,11 +12,11 @@ from PIL import Image
 from infinity.checkpoints import load_model, save_model
 from infinity.eval.__main__ import main
 from infinity.eval.tokenizers import (
-    JPEG_QUALITIES, evaluate, jpeg_at_budget, jpeg_record, square_schedule, thumbnail, thumbnail_record,
+    JPEG_QUALITIES, evaluate, jpeg_at_budget, jpeg_record, thumbnail, thumbnail_record,
 )
 from infinity.images import to_tensor
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
-from infinity.schedules import shapes_schedules
+from infinity.schedules import shapes_schedules, square_schedule
 from infinity.transformer import Infinity
 from tiny_model import TRANSFORMER
 

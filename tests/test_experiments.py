@@ -1,6 +1,7 @@
 """python -m infinity.experiments claims, end to end on a tiny configuration: every arm and seed trained, scored and
 reported; a second run skips what is done."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from PIL import Image
 from infinity.checkpoints import save_model
 from infinity.experiments.__main__ import main
 from infinity.experiments.claims import ClaimsConfig, arms
-from infinity.experiments.measures import index_head_sizes, tokenizer_schedule
+from infinity.experiments.measures import index_head_sizes
 from infinity.experiments.report import markdown
 from infinity.tokenizer import BitwiseTokenizer
 from infinity.train.recipes import RECIPES
@@ -77,6 +78,46 @@ def test_arms_pair_each_seed_across_the_compared_settings():
     assert len({a.folder for a in arms(cfg)}) == 15
 
 
+def test_the_runner_builds_arms_that_differ_only_in_what_each_claim_compares(tmp_path, tokenizer_files, monkeypatch):
+    """The training runs `run_claims` actually starts, parsed by the trainer's own parser: within a claim and a
+    seed, every option (seed, data, steps, batch, init, tokenizer, schedule weights) is the same but the arm's
+    variable; each arm trains with its own seed and strength, and self-correction is on exactly where asked."""
+    from infinity.experiments import claims, report
+    from infinity.train.__main__ import build_parser
+
+    d8, d4 = tokenizer_files
+    started = []
+
+    def fake_train(argv):
+        started.append(vars(build_parser().parse_args(argv)))
+        Path(argv[argv.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+        return 0
+
+    monkeypatch.setattr(claims, "train_cli", fake_train)
+    monkeypatch.setattr(claims.Runner, "score_arm", lambda self, arm, folder, tokenizer: {})
+    monkeypatch.setattr(report, "write_report", lambda records, cfg: None)
+    cfg = ClaimsConfig(out=str(tmp_path / "runs"), docs=str(tmp_path / "docs"), recipe="shapes-tiny", tokenizer=str(d8),
+                       head_tokenizer=str(d4), head_bits=4, seeds=(0, 1), steps=3, self_correction_strengths=(0.0, 0.5))
+    claims.run_claims(cfg, only=("self-correction", "head"))
+    built = {Path(a["out"]).name: a for a in started}
+    assert sorted(built) == sorted(arm.folder for arm in arms(cfg))
+    K = next(iter(TINY.schedules.values())).num_scales
+    for arm in arms(cfg):
+        a = built[arm.folder]
+        assert a["seed"] == arm.seed and a["steps"] == cfg.steps and a["head"] == arm.head
+        assert a["tokenizer"] == str(d8 if arm.claim == "self-correction" else d4)
+        on = a["self_correction_scales"] > 0
+        assert on == (arm.strength > 0) and (not on or (a["self_correction_scales"], a["self_correction_strength"])
+                                               == (K - 1, arm.strength))
+    variables = {"self-correction": {"self_correction_scales", "self_correction_strength"}, "head": {"head"}}
+    for arm in arms(cfg):
+        for other in arms(cfg):
+            if other.claim == arm.claim:
+                differ = {k for k in built[arm.folder] if built[arm.folder][k] != built[other.folder][k]}
+                allowed = {"out"} | variables[arm.claim] | ({"seed"} if other.seed != arm.seed else set())
+                assert differ <= allowed, (arm.folder, other.folder, differ - allowed)
+
+
 def test_index_head_sizes_match_the_model_and_grow_as_two_to_the_d():
     config = TINY.transformer_config(TINY.tokenizer, "index")
     model = Infinity(config)
@@ -85,11 +126,6 @@ def test_index_head_sizes_match_the_model_and_grow_as_two_to_the_d():
     assert rows[0]["rest_of_model_params"] + rows[0]["index_head_params"] == sum(p.numel() for p in model.parameters())
     assert rows[1]["index_head_params"] == 256 * rows[0]["index_head_params"]
     assert rows[1]["index_logits_bytes"] == 4 * 16 * 85 * 2**16
-
-
-def test_tokenizer_schedule_ends_at_the_full_latent():
-    assert tokenizer_schedule(8).scales[-1] == (16, 16)
-    assert tokenizer_schedule(16).scales == ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8))
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):

@@ -13,6 +13,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from infinity.app import pair
+from infinity.eval import pair as pair_eval
 from infinity.app.handlers import Handlers
 from infinity.checkpoints import save_model
 from infinity.eval.recovery import RecoveryPoint
@@ -53,11 +54,11 @@ def pair_dir(arms, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def duo(pair_dir):
-    return pair.SelfCorrectionPair.load(pair_dir)
+    return pair_eval.SelfCorrectionPair.load(pair_dir)
 
 
 def test_the_exported_pair_records_both_arms_and_stores_fp16(pair_dir, arms):
-    info = pair.read_info(pair_dir)
+    info = pair_eval.read_info(pair_dir)
     assert info["models"]["without"]["self_correction_strength"] == 0
     assert info["models"]["with"]["self_correction_strength"] == 0.5 and info["models"]["with"]["steps"] == 2
     assert (pair_dir / info["tokenizer"]).resolve() == arms[0].resolve() and info["heldout"] == {"1": 2, "2": 1}
@@ -85,43 +86,66 @@ def test_export_refuses_arms_that_are_not_matched(arms, tmp_path):
 
 
 def test_the_pair_refuses_another_tokenizer_and_a_missing_folder(pair_dir, tmp_path):
-    info = pair.read_info(pair_dir)
+    info = pair_eval.read_info(pair_dir)
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("without.safetensors", "with.safetensors"):
         (moved / name).write_bytes((pair_dir / name).read_bytes())
     torch.manual_seed(1)
     save_model(BitwiseTokenizer(RECIPES["shapes-tiny"].tokenizer), moved / "tok.safetensors")
-    (moved / pair.PAIR_FILE).write_text(json.dumps({**info, "tokenizer": "tok.safetensors"}))
+    (moved / pair_eval.PAIR_FILE).write_text(json.dumps({**info, "tokenizer": "tok.safetensors"}))
     with pytest.raises(ValueError, match="SHA-256"):
-        pair.SelfCorrectionPair.load(moved)
+        pair_eval.SelfCorrectionPair.load(moved)
     with pytest.raises(FileNotFoundError, match="no self-correction pair"):
-        pair.SelfCorrectionPair.load(tmp_path / "nowhere")
-    (moved / pair.PAIR_FILE).write_text("{not json")
+        pair_eval.SelfCorrectionPair.load(tmp_path / "nowhere")
+    (moved / pair_eval.PAIR_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not readable JSON"):
-        pair.read_info(moved)
+        pair_eval.read_info(moved)
 
 
 def test_both_models_get_the_same_flipped_bits(duo):
     assert set(duo.pipes) == {"without", "with"} and len(duo.scenes) == 3
     assert duo.pipes["with"].tokenizer is duo.pipes["without"].tokenizer
-    one = pair.compare_scene(duo, 1, 2, 0.5, seed=3)
-    assert set(one.images) == {"scene", pair.CLEAN, pair.NO_CORRECTION, "without", "with"}
+    one = pair_eval.compare_scene(duo, 1, 2, 0.5, seed=3)
+    assert set(one.images) == {"scene", pair_eval.CLEAN, pair_eval.NO_CORRECTION, "without", "with"}
     assert all(isinstance(im, Image.Image) and im.size == (32, 32) for im in one.images.values())
-    assert one.psnr_db[pair.NO_CORRECTION] < 100  # half of scale 2 flipped: the reference is damaged
-    again = pair.compare_scene(duo, 1, 2, 0.5, seed=3)
+    assert one.psnr_db[pair_eval.NO_CORRECTION] < 100  # half of scale 2 flipped: the reference is damaged
+    again = pair_eval.compare_scene(duo, 1, 2, 0.5, seed=3)
     assert again.psnr_db == one.psnr_db  # the seed fixes flips and sampling
-    untouched = pair.compare_scene(duo, 1, 2, 0.0, seed=3)
-    assert untouched.psnr_db[pair.NO_CORRECTION] > 100  # nothing flipped: the reference is the clean image
-    m = pair.measure(duo, 2, 0.5, count=2, seed=3)
+    untouched = pair_eval.compare_scene(duo, 1, 2, 0.0, seed=3)
+    assert untouched.psnr_db[pair_eval.NO_CORRECTION] > 100  # nothing flipped: the reference is the clean image
+    m = pair_eval.measure(duo, 2, 0.5, count=2, seed=3)
     assert m.scenes == 2 and [pt.p for pt in m.points["with"]] == [0.0, 0.5]
     assert m.points["with"][1].reference_psnr_db == m.points["without"][1].reference_psnr_db  # the same flips
+
+
+def test_both_models_get_identical_flipped_bits_and_random_streams(duo, monkeypatch):
+    """Every sampler call of the pair, recorded per model: the same prefix, the same intervention and the same
+    generator state, scene by scene, for both models."""
+    from infinity.eval import recovery
+
+    calls = {arm: [] for arm in duo.pipes}
+    arm_of = {id(pipe.transformer): arm for arm, pipe in duo.pipes.items()}
+
+    def spy(model, tokenizer, text_BTE, lens_B, schedule, **kw):
+        calls[arm_of[id(model)]].append((kw["intervention"], kw["generator"].get_state(), kw["cfg"], kw["tau"],
+                                         [b.clone() for b in kw["prefix_bits"]], text_BTE.clone()))
+        return real(model, tokenizer, text_BTE, lens_B, schedule, **kw)
+
+    real = recovery.sample_scales
+    monkeypatch.setattr(recovery, "sample_scales", spy)
+    pair_eval.compare_scene(duo, 1, 2, 0.5, seed=3)
+    pair_eval.measure(duo, 2, 0.5, count=3, seed=4)
+    assert len(calls["with"]) == len(calls["without"]) == 3  # one scene; then p = 0 and p = 0.5 on one batch
+    for a, b in zip(calls["with"], calls["without"]):
+        assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2:4] == b[2:4]
+        assert all(torch.equal(x, y) for x, y in zip(a[4], b[4])) and torch.equal(a[5], b[5])
 
 
 def _measured(with_db, without_db):
     def points(db):
         return (RecoveryPoint(2, 0.0, 4, 30.0, 1.0, 200.0, 1.0), RecoveryPoint(2, 0.2, 4, db, 0.5, 15.0, 0.25))
-    return pair.Measured(2, 0.2, 4, {"with": points(with_db), "without": points(without_db)})
+    return pair_eval.Measured(2, 0.2, 4, {"with": points(with_db), "without": points(without_db)})
 
 
 def test_the_conclusion_follows_the_numbers(duo):

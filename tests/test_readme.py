@@ -15,7 +15,8 @@ def _anchor(heading: str) -> str:
 
 
 def test_readme_is_short():
-    assert len((ROOT / "README.md").read_text()) < 15_500
+    shown = re.sub(r"<!--.*?-->", "", (ROOT / "README.md").read_text(), flags=re.S)  # markers are not read
+    assert len(shown) < 15_500
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

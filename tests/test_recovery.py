@@ -2,9 +2,12 @@
 import json
 
 import pytest
+import torch
 
 from infinity.data.shapes import held_out_scenes
-from infinity.eval.recovery import recovery_curve
+from infinity.eval.recovery import encode_scenes, intervene, recovery_curve
+from infinity.sampling import Intervention, sample_scales
+from infinity.tokenizer.model import unpatchify_bits
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +43,19 @@ def test_recovery_command_writes_a_table_and_json(app_model_dir, tmp_path, capsy
                  "--count", "1", "1", "0", "--json", str(out)]) == 0
     assert "no-correction PSNR" in capsys.readouterr().out
     assert [(p["k"], p["p"], p["scenes"]) for p in json.loads(out.read_text())] == [(2, 0.0, 2), (2, 0.5, 2)]
+
+
+def test_the_no_correction_reference_flips_exactly_the_bits_the_sampler_flipped(app_pipe, scenes, one_thread):
+    encoded = encode_scenes(app_pipe, scenes)
+    k, p, seed = 2, 0.3, 5
+    _, reference_B3HW = intervene(app_pipe, encoded, k, p, seed=seed)
+    # The sampler's scale k, recorded on its own run with the same prefix and intervention.
+    events = sample_scales(app_pipe.transformer, app_pipe.tokenizer, encoded.text_BTE, encoded.lens_B,
+                           app_pipe.schedule("1:1"), cfg=1.0, tau=1.0, generator=torch.Generator().manual_seed(seed),
+                           prefix_bits=encoded.true_bits[:k], intervention=Intervention(k - 1, p, seed))
+    sampled_k = next(e.bits_Bhwd for e in events if e.scale_index == k - 1)
+    true_k = encoded.true_bits[k - 1]
+    assert int((sampled_k != true_k).sum()) == round(p * true_k.numel())  # exactly the share asked for
+    bits = [*encoded.true_bits[:k - 1], sampled_k, *encoded.true_bits[k:]]
+    expected_B3HW = app_pipe.tokenizer.decode_bits([unpatchify_bits(b, app_pipe.spatial_patch) for b in bits])
+    assert torch.equal(reference_B3HW, expected_B3HW)

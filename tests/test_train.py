@@ -12,22 +12,21 @@ import pytest
 import torch
 
 from infinity.checkpoints import load_model, save_model
+from infinity.data.objects import background_mask, object_token_weights
 from infinity.tokenizer import BitwiseTokenizer
 from infinity.train.data import make_source
 from infinity.train.engine import Distributed, OptimConfig, adamw, load_checkpoint, lr_at
 from infinity.train.loop import RunConfig, train
 from infinity.train.recipes import RECIPES
-from infinity.train.shared import background_mask
 from infinity.train.tokenizer_trainer import CaptionSampler, TokenizerLoss, TokenizerTask
 from infinity.train.transformer_trainer import (
     GlobalBatchFlips,
     OnPolicyFlips,
     TransformerLoss,
     TransformerTask,
-    bitwise_cross_entropy,
-    object_token_weights,
     scale_weights,
 )
+from infinity.transformer.losses import bitwise_cross_entropy
 from infinity.tokenizer import SelfCorrection
 
 TINY = RECIPES["shapes-tiny"]
@@ -464,7 +463,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_index_head_trains_on_the_index_of_the_bits(tiny_tokenizer_file):
     from dataclasses import replace
 
-    from infinity.train.transformer_trainer import bits_to_index, index_cross_entropy, predicted_bits
+    from infinity.transformer.losses import bits_to_index, index_cross_entropy, predicted_bits
 
     bits = torch.tensor([[[1, 0, 1], [0, 1, 1]]])
     assert bits_to_index(bits).tolist() == [[5, 6]]

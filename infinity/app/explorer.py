@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ..images import fit, psnr, to_tensor
+from ..images import fit, psnr, to_pil, to_tensor
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention, ScaleEvent
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.quantizer import Grid, area_resize
+from ..tokenizer.self_correction import flip_bits, fraction_mask
 from .tokenizers import Codec
-from .views import tensor_to_pil, upscale_nearest
+from .views import upscale_nearest
 
 CLEAN, PLAIN_FLIPS, REQUANTIZED = "clean", "flipped, not re-quantized", "flipped, re-quantized (Alg. 4)"
 SERIES_NAMES = (CLEAN, PLAIN_FLIPS, REQUANTIZED)
@@ -52,12 +53,12 @@ def scale_preview(pipe: InfinityPipeline, event: ScaleEvent) -> Image.Image:
     """The image after `event`'s scale at the output size: the final image on the last event; before it, F_k
     area-resized to `preview_grid`, decoded, and enlarged with nearest neighbour."""
     if event.image_B3HW is not None:
-        return tensor_to_pil(event.image_B3HW[0])
+        return to_pil(event.image_B3HW[0])
     s, (h, w) = event.spatial_patch, event.bits_Bhwd.shape[1:3]
     full = tuple(event.F_BdHW.shape[-2:])
     small = pipe.tokenizer.decode(area_resize(event.F_BdHW, preview_grid((s * h, s * w), full)))
     p = pipe.tokenizer.config.patch_size
-    return upscale_nearest(tensor_to_pil(small[0]), (full[1] * p, full[0] * p))
+    return upscale_nearest(to_pil(small[0]), (full[1] * p, full[0] * p))
 
 
 @dataclass
@@ -92,7 +93,7 @@ def reconstruct(codec: Codec, image: Image.Image, aspect_ratio: str) -> tuple[Im
     images, values = [], []
     for F_1dHW in codes.cumulative:
         y_13HW = codec.tokenizer.decode(F_1dHW)
-        images.append(tensor_to_pil(y_13HW[0]))
+        images.append(to_pil(y_13HW[0]))
         values.append(float(psnr(y_13HW, x_13HW)[0]))
     return fitted, Reconstruction(images, values)
 
@@ -117,19 +118,10 @@ def best_codec(codecs: Sequence[Codec], image: Image.Image, aspect_value: str) -
 
 
 def flip_masks(shapes: Sequence[torch.Size], num_scales: int, fraction: float, seed: int) -> list[torch.Tensor | None]:
-    """Per scale: a bool mask with exactly round(fraction * numel) True entries for the first `num_scales` scales,
-    None after. Drawn from the shapes alone (on the CPU, from `seed`), so both flip variants flip the same bits."""
+    """Per scale: a mask of exactly round(fraction * numel) bits for the first `num_scales` scales, None after.
+    Drawn from the shapes alone (one CPU generator of `seed`), so both flip variants flip the same bits."""
     g = torch.Generator().manual_seed(seed)
-    masks: list[torch.Tensor | None] = []
-    for k, shape in enumerate(shapes):
-        if k >= num_scales:
-            masks.append(None)
-            continue
-        n = int(torch.Size(shape).numel())
-        flat = torch.zeros(n, dtype=torch.bool)
-        flat[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
-        masks.append(flat.view(shape))
-    return masks
+    return [fraction_mask(shape, fraction, g) if k < num_scales else None for k, shape in enumerate(shapes)]
 
 
 @dataclass
@@ -190,9 +182,9 @@ def _series(tok: BitwiseTokenizer, cumulative: Sequence[torch.Tensor], x_13HW: t
     decoded = [tok.decode(F_1dHW) for F_1dHW in cumulative]
     norm = float(f_1dHW.norm())
     series = Series(
-        [tensor_to_pil(y[0]) for y in decoded],
+        [to_pil(y[0]) for y in decoded],
         [float(psnr(y, x_13HW)[0]) for y in decoded],
-        [99.0 if clean is None else min(99.0, float(psnr(y, c)[0])) for y, c in zip(decoded, clean or decoded)],
+        [float(psnr(y, c)[0]) for y, c in zip(decoded, clean or decoded)],
         [float((f_1dHW - F).norm()) / max(norm, 1e-12) for F in cumulative],
     )
     return series, decoded
@@ -211,7 +203,7 @@ def tokenizer_self_correction(
     masks = flip_masks([b.shape for b in clean.bits], flip_scales, fraction, seed)
 
     # Without re-quantization: the clean bits, flipped where masked, summed as they are.
-    plain_bits = [b if m is None else torch.where(m.to(b.device), 1 - b, b) for b, m in zip(clean.bits, masks)]
+    plain_bits = [b if m is None else flip_bits(b, m) for b, m in zip(clean.bits, masks)]
     plain = tok.cumulative_from_bits(plain_bits, scales[-1])
 
     # With re-quantization: the quantizer applies the same flips and recomputes every later residual.
@@ -268,4 +260,4 @@ def variations(
     for seed in seeds:
         for event in pipe.stream(prompt, seed=seed, preview=False, prefix_bits=prefix_bits, **options):
             pass
-        yield tensor_to_pil(event.image_B3HW[0])
+        yield to_pil(event.image_B3HW[0])

@@ -22,6 +22,8 @@ import torch
 from gradio import processing_utils
 from PIL import Image
 
+from ..eval import pair as pair_measure
+from ..images import psnr, to_pil, to_tensor
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention
 from ..tokenizer.model import unpatchify_bits
@@ -34,9 +36,7 @@ from .views import (
     enlarge,
     entropy_overlay,
     per_scale_table,
-    psnr_db,
     residual_image,
-    tensor_to_pil,
     token_entropy,
 )
 
@@ -281,10 +281,11 @@ class Handlers:
         diff, mean_abs = difference_map(clean, flipped)
         table = per_scale_table({"bits changed": [100 * c for c in result.bits_changed]}, "bits changed (%)")
         later = result.bits_changed[k + 1:]
+        psnr_db = float(psnr(to_tensor(clean), to_tensor(flipped))[0])
         text = (
             f"Flipped {result.flipped_bits:,} bits ({fraction:.0%}) of scale {k + 1}/{K}, seed {seed}. "
             f"Later scales changed {100 * float(np.mean(later)) if later else 0:.1f}% of their bits on average; "
-            f"final images: PSNR {psnr_db(clean, flipped):.2f} dB, mean |difference| {mean_abs:.1f}/255."
+            f"final images: PSNR {psnr_db:.2f} dB, mean |difference| {mean_abs:.1f}/255."
         )
         return enlarge(clean), enlarge(flipped), enlarge(diff), table, text
 
@@ -299,16 +300,18 @@ class Handlers:
         fraction = inputs.number("flip fraction", fraction, 0.0, 1.0)
         seed = inputs.seed(seed)
         count = inputs.integer("scenes measured", scenes_measured, 1, min(MAX_PAIR_SCENES, len(duo.scenes)))
-        one = pair.compare_scene(duo, index, k, fraction, seed)
-        names = ["scene", pair.CLEAN, pair.NO_CORRECTION, *pair.ARMS]
-        short = {"scene": "the scene", pair.CLEAN: "clean recon.", pair.NO_CORRECTION: "true later bits",
+        one = pair_measure.compare_scene(duo, index, k, fraction, seed)
+        clean, no_correction = pair_measure.CLEAN, pair_measure.NO_CORRECTION
+        names = ["scene", clean, no_correction, *pair_measure.ARMS]
+        short = {"scene": "the scene", clean: "clean recon.", no_correction: "true later bits",
                  "without": "trained without", "with": "trained with"}
+        long = {**short, **{arm: pair.arm_label(duo.info, arm) for arm in pair_measure.ARMS}}
         labels = [short[n] if n not in one.psnr_db else f"{short[n]}: {one.psnr_db[n]:.1f} dB" for n in names]
-        hw = duo.pipes["with"].schedule(pair.ASPECT_RATIO).pixel_hw
+        hw = duo.pipes["with"].schedule(pair_measure.ASPECT_RATIO).pixel_hw
         sheet = contact_sheet([[one.images[n] for n in names]], [labels], hw)
-        rows = "\n".join(f"| {duo.label(n) if n in pair.ARMS else short[n]} | {one.psnr_db[n]:.2f} dB | "
+        rows = "\n".join(f"| {long[n]} | {one.psnr_db[n]:.2f} dB | "
                          f"{'yes' if one.parsed[n] else 'no'} |" for n in names[2:])
-        measured = pair.measure(duo, k, fraction, count, seed)
+        measured = pair_measure.measure(duo, k, fraction, count, seed)
         text = (f"Scene {index + 1}: '{one.caption}', {fraction:.0%} of scale {k}'s bits flipped, seed {seed}.\n\n"
                 "| this scene | PSNR vs its clean reconstruction | the scene parser reads the scene |\n"
                 f"|---|---|---|\n{rows}\n\n{pair.comparison_text(duo, measured)}")
@@ -396,4 +399,4 @@ class Handlers:
         s, tok = self.pipe.spatial_patch, self.pipe.tokenizer
         H, W = self.pipe.schedule(aspect_ratio).latent_hw
         latent = [unpatchify_bits(b, s).to(self.pipe.device) for b in bits]
-        return tensor_to_pil(tok.decode_bits(latent, (s * H, s * W))[0])
+        return to_pil(tok.decode_bits(latent, (s * H, s * W))[0])

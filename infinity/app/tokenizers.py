@@ -8,8 +8,8 @@ app and the command line resize an image to the same size.
 
 Default: with a released model (infinity-2b, ...) the model's own tokenizer; with any other model (the embedded
 one, trained on shapes scenes only), when there are general tokenizers, BEST: every tokenizer encodes the image and
-the one with the highest final PSNR is shown (the shapes tokenizer wins on shapes scenes, a general one on most
-photographs), with the PSNR of each, so the choice is visible.
+the one with the highest final PSNR is shown (which one wins depends on the image,
+shapes scenes included), with the PSNR of each, so the choice is visible.
 """
 from __future__ import annotations
 

@@ -45,12 +45,6 @@ def upscale_nearest(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img if img.size == tuple(size) else img.resize(tuple(size), Image.Resampling.NEAREST)
 
 
-def tensor_to_pil(x_3HW: torch.Tensor) -> Image.Image:
-    """(3, H, W) float in [-1, 1] -> PIL RGB."""
-    x = ((x_3HW.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(x.permute(1, 2, 0).numpy())
-
-
 def token_entropy(probs_Bhwd: torch.Tensor) -> np.ndarray:
     """Mean binary entropy (bits, in [0, 1]) of each token's predicted bits: 0 where the model is sure of every bit,
     1 where every bit is a coin flip. (h, w) float32, from p(bit = 1) of the first image of the batch."""
@@ -98,12 +92,6 @@ def difference_map(a: Image.Image, b: Image.Image) -> tuple[Image.Image, float]:
         raise ValueError(f"images differ in size: {a.size} and {b.size}")
     diff = np.abs(np.asarray(a.convert("RGB"), np.float32) - np.asarray(b.convert("RGB"), np.float32)).mean(-1)
     return Image.fromarray(colormap(diff / DIFFERENCE_FULL_SCALE)), float(diff.mean())
-
-
-def psnr_db(a: Image.Image, b: Image.Image) -> float:
-    """PSNR (dB, 8-bit peak) of two same-size RGB images; capped at 99 dB for identical images."""
-    mse = float(np.mean((np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)) ** 2))
-    return 99.0 if mse == 0 else min(99.0, 10 * math.log10(255.0**2 / mse))
 
 
 def per_scale_table(series: dict[str, Sequence[float]], y: str):

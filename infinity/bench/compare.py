@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..images import psnr, to_tensor
 
 
 def save_outputs(path: Path, image: Image.Image, bits: list[torch.Tensor]) -> None:
@@ -34,21 +35,16 @@ def load_outputs(path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
         return f["image"], [f[name] for name in sorted(n for n in f.files if n.startswith("bits_"))]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images (inf when they are equal)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
 def compare(reference: Path, other: Path) -> dict:
     image_a, bits_a = load_outputs(reference)
     image_b, bits_b = load_outputs(other)
     if image_a.shape != image_b.shape or [b.shape for b in bits_a] != [b.shape for b in bits_b]:
         raise ValueError(f"{reference} and {other} hold images of different schedules")
     shares = [float((a != b).mean()) for a, b in zip(bits_a, bits_b)]
+    psnr_db = float(psnr(to_tensor(Image.fromarray(image_a)), to_tensor(Image.fromarray(image_b)))[0])
     first = next((k for k, share in enumerate(shares) if share > 0), None)
     return {
-        "reference": str(reference), "other": str(other), "psnr_db": psnr(image_a, image_b),
+        "reference": str(reference), "other": str(other), "psnr_db": psnr_db,
         "bits_differ_per_scale": shares, "first_scale_that_differs": first,
         "pixels_mean_abs_diff": float(np.abs(image_a.astype(np.float64) - image_b).mean()),
     }

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..official import OFFICIAL_MODELS, WeightsNotFoundError, official_schedules
+from ..official import OFFICIAL_MODELS, WeightsNotFoundError
 from ..options import SamplingDefaults
 from ..pipeline import EMBEDDED_DIR, InfinityPipeline
 from ..precision import INT8, auto_dtype, cast_blocks_, quantize_int8_
+from ..schedules import official_schedules
 from ..text import MiniLMTextEncoder, T5TextEncoder
 from ..tokenizer import BitwiseTokenizer
 from ..train.recipes import RECIPES

@@ -27,7 +27,7 @@ import torch
 from ..data.scene_parser import parse_image, scene_matches
 from ..data.shapes import Scene, caption, render
 from ..images import psnr
-from ..sampling import Intervention, flip_fraction, sample_image
+from ..sampling import Intervention, sample_scales
 from ..tokenizer.model import latent_scales, patchify_bits, unpatchify_bits
 from .shapes import to_tensor_np, to_uint8
 
@@ -83,15 +83,18 @@ def intervene(pipe, encoded: EncodedScenes, k: int, p: float, *, aspect_ratio: s
               tau: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(the model's result, the no-correction reference), (B, 3, H, W) each: the true bits of scales 1..k with
     fraction `p` of scale k flipped (positions drawn from `seed`), then scales k+1..K sampled with generator
-    `seed` (the result) or taken from the true bits (the reference)."""
+    `seed` (the result) or taken from the true bits (the reference). The reference's scale k is the very bits
+    the sampler's scale k entered F with, so both start from the same flips."""
     schedule, s = pipe.schedule(aspect_ratio), pipe.spatial_patch
     _check(schedule.num_scales, [k], [p])
     true_bits = encoded.true_bits
-    event = sample_image(pipe.transformer, pipe.tokenizer, encoded.text_BTE, encoded.lens_B, schedule, cfg=cfg,
-                         tau=tau, generator=torch.Generator(pipe.device).manual_seed(seed),
-                         prefix_bits=true_bits[:k], intervention=Intervention(k - 1, p, seed))
+    events = sample_scales(pipe.transformer, pipe.tokenizer, encoded.text_BTE, encoded.lens_B, schedule, cfg=cfg,
+                           tau=tau, generator=torch.Generator(pipe.device).manual_seed(seed),
+                           prefix_bits=true_bits[:k], intervention=Intervention(k - 1, p, seed))
     flipped = list(true_bits)
-    flipped[k - 1] = flip_fraction(true_bits[k - 1], p, seed)  # the positions the sampler flipped
+    for event in events:
+        if event.scale_index == k - 1:
+            flipped[k - 1] = event.bits_Bhwd  # the flipped scale, as the sampler used it
     return event.image_B3HW, pipe.tokenizer.decode_bits([unpatchify_bits(b, s) for b in flipped])
 
 

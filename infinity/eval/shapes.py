@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.objects import object_token_weights
 from ..data.scene_parser import ATTRIBUTES, ParsedScene, object_recall, parse_image, scene_matches
 from ..data.shapes import Scene, ShapesDataset, caption, held_out_scenes, render
 from ..images import psnr, to_tensor
 from ..schedules import Schedule
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.model import latent_scales
+from ..transformer.losses import predicted_bits
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +144,6 @@ def teacher_forced_errors(pipe, scenes: Sequence[Scene], aspect_ratio: str = "1:
                           batch_size: int = 16) -> list[ScaleErrors]:
     """Per scale, the share of bits the transformer gets wrong (most likely bit against the tokenizer's bit of the
     scene's render) when every earlier scale is the ground truth's; with cfg != 1, of the guided logits."""
-    from ..train.transformer_trainer import object_token_weights, predicted_bits
-
     schedule = pipe.schedule(aspect_ratio)
     H, W = schedule.pixel_hw
     s, device = pipe.spatial_patch, pipe.device

@@ -36,7 +36,7 @@ from ..checkpoints import CheckpointError, load_model
 from ..data.scene_parser import parse_image
 from ..data.shapes import Scene, render
 from ..images import fit, open_image, psnr, to_tensor
-from ..schedules import TEMPLATE_GRIDS, Schedule
+from ..schedules import Schedule, square_schedule
 from ..tokenizer import BitwiseTokenizer
 from .shapes import Scores, evaluate_tokenizer, evaluation_scenes
 
@@ -113,16 +113,6 @@ def thumbnail(img: Image.Image, side: int = THUMBNAIL_SIDE) -> Image.Image:
 
 # ---------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def square_schedule(size: int, patch_size: int) -> Schedule:
-    """The official 1:1 grids up to a size x size image's latent grid, ending at it (patch 8 at 128 px: the
-    embedded model's seven scales, 1 to 16)."""
-    if size % patch_size:
-        raise ValueError(f"--size {size} is not a multiple of the tokenizer's patch size {patch_size}")
-    side = size // patch_size
-    grids = [(h, w) for h, w in TEMPLATE_GRIDS[1.0] if h < side] + [(side, side)]
-    return Schedule(tuple(grids), patch_size)
 
 
 @dataclass
@@ -285,7 +275,8 @@ def evaluate(weights: Sequence[str | Path], images: str | Path, size: int = 128,
     scenes = evaluation_scenes({n: shapes for n in (1, 2, 3)}) if shapes else []
     tokenizers = {str(path): load_tokenizer(path) for path in weights}  # every file checked before the slow steps
     for tokenizer in tokenizers.values():
-        square_schedule(size, tokenizer.config.patch_size)
+        if size % tokenizer.config.patch_size:
+            raise ValueError(f"--size {size} is not a multiple of the tokenizer's patch size {tokenizer.config.patch_size}")
     loaded = load_photos(images, size, max_images)
     photos = loaded.images
     records = []

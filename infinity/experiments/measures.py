@@ -21,13 +21,11 @@ from ..data.scene_parser import parse_image, scene_matches
 from ..data.shapes import Scene, caption, render
 from ..eval.shapes import to_tensor_np, to_uint8
 from ..images import psnr
-from ..schedules import Schedule
+from ..schedules import square_schedule
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.model import latent_scales
 from ..transformer import Infinity, TransformerConfig
-from ..train.transformer_trainer import bitwise_cross_entropy, index_cross_entropy, predicted_bits
-
-SHAPES_GRIDS = (1, 2, 4, 6, 8, 12, 16)  # the embedded model's square scales
+from ..transformer.losses import bitwise_cross_entropy, index_cross_entropy, predicted_bits
 
 
 @torch.no_grad()
@@ -53,18 +51,11 @@ def heldout_likelihood(pipe, scenes: Sequence[Scene], batch_size: int = 16) -> d
     return {"nats_per_bit": round(nats / len(scenes), 5), "bit_accuracy": round(correct / len(scenes), 5)}
 
 
-def tokenizer_schedule(patch_size: int, pixels: int = 128) -> Schedule:
-    """Square scales for `pixels` px at the tokenizer's patch size: the embedded grids up to the full latent."""
-    side = pixels // patch_size
-    grids = sorted({min(g, side) for g in SHAPES_GRIDS} | {side})
-    return Schedule(tuple((g, g) for g in grids), patch_size=patch_size, h_div_w=1.0)
-
-
 @torch.no_grad()
 def tokenizer_psnr_per_scale(tokenizer: BitwiseTokenizer, scenes: Sequence[Scene], pixels: int = 128,
                              batch_size: int = 16) -> dict:
     """{"bits", "scales", "psnr_db_per_scale", "psnr_db", "parser_pass"} on the scenes at `pixels` px."""
-    schedule = tokenizer_schedule(tokenizer.config.patch_size, pixels)
+    schedule = square_schedule(pixels, tokenizer.config.patch_size)
     per_scale, passes = np.zeros(schedule.num_scales), 0
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start:start + batch_size]

@@ -1,4 +1,4 @@
-"""Ship one matched pair of the self-correction claim for the app (`infinity/app/pair.py` reads it).
+"""Ship one matched pair of the self-correction claim for the app (`infinity/eval/pair.py` reads it).
 
     python -m infinity.experiments pair --without runs/claims/strength-0-seed0 \\
         --with runs/claims/strength-0.3-seed0 --out assets/self-correction
@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from ..app.pair import ARMS, ASPECT_RATIO, FORMAT, FORMAT_VERSION, PAIR_FILE, load_checked, read_info, sha256
 from ..checkpoints import load_model, save_model
+from ..eval.pair import ARMS, ASPECT_RATIO, FORMAT, FORMAT_VERSION, PAIR_FILE, load_checked, read_info, sha256
 from ..eval.shapes import evaluate_tokenizer, evaluation_scenes
 from ..schedules import Schedule
 from ..transformer import Infinity

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .self_correction import flip_bits
+
 # (scale index, bits (B, h, w, d)) -> bool flip mask of the same shape, or None for no flips at that scale.
 FlipSource = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
@@ -151,7 +153,7 @@ class MultiScaleQuantizer(nn.Module):
             used = bits
             mask = flips(k, bits) if flips is not None else None
             if mask is not None and mask.any():
-                used = torch.where(mask.to(torch.bool), 1 - bits, bits)
+                used = flip_bits(bits, mask)
                 code_Bdhw = self.scale_quantizer.bits_to_codes(used).to(f_BdHW.dtype)  # re-quantize
             if with_losses:
                 for name, value in self.scale_quantizer.losses(r_Bdhw).items():

@@ -8,6 +8,10 @@ that *correct* the earlier mistakes. The target of a corrupted scale itself stay
 
 The randomness is injectable: `MultiScaleQuantizer.forward(..., flips=source)` asks `source(k, bits)` for
 a flip mask at every scale, so tests can replay recorded masks.
+
+Flipping itself lives here once: `flip_bits` inverts the bits under a mask (training, the quantizer's flip
+sources, the app's explorer), `fraction_mask` draws a mask with an exact share of the bits, and `flip_fraction`
+combines the two for the sampler's interventions and the recovery measure's no-correction reference.
 """
 from __future__ import annotations
 
@@ -34,6 +38,25 @@ class SelfCorrection:
 
     def flips(self, generator: torch.Generator | None = None) -> RandomFlips:
         return RandomFlips(self, generator)
+
+
+def flip_bits(bits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The bits (0/1, any shape) inverted where `mask` (bool, same shape, any device) is True."""
+    return torch.where(mask.to(device=bits.device, dtype=torch.bool), 1 - bits, bits)
+
+
+def fraction_mask(shape: torch.Size | tuple[int, ...], fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """A bool mask of `shape` (on the CPU) with exactly round(fraction * numel) True entries, drawn uniformly."""
+    n = int(torch.Size(shape).numel())
+    flat = torch.zeros(n, dtype=torch.bool)
+    flat[torch.randperm(n, generator=generator)[: round(fraction * n)]] = True
+    return flat.view(shape)
+
+
+def flip_fraction(bits: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """The bits with exactly round(fraction * numel) of them, chosen uniformly with `seed`, inverted. The positions
+    are drawn on the CPU, so the same seed flips the same bits on any device."""
+    return flip_bits(bits, fraction_mask(bits.shape, fraction, torch.Generator().manual_seed(seed)))
 
 
 class RandomFlips:

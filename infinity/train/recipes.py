@@ -11,19 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..schedules import SHAPES_PATCH, Schedule, get_schedule, shapes_schedules
+from ..schedules import SHAPES_PATCH, Schedule, official_schedules, shapes_schedules, square_schedule
 from ..tokenizer import TOKENIZER_PRESETS, TokenizerConfig
 from ..tokenizer.model import spatial_patch
 from ..transformer import TRANSFORMER_PRESETS, TransformerConfig
-
-
-def _schedule(grids: list[tuple[int, int]]) -> Schedule:
-    H, W = grids[-1]
-    return Schedule(scales=tuple(grids), patch_size=SHAPES_PATCH, h_div_w=round(H / W, 3))
-
-
-def official_schedules(budget: str = "0.06M") -> dict[str, Schedule]:
-    return {name: get_schedule(name, budget) for name in ("1:1", "4:3", "3:4", "16:9", "9:16")}
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ RECIPES: dict[str, Recipe] = {
             depth=4, width=144, num_heads=3, bits=16, text_channels=384, text_maxlen=32, max_scales=5,
             drop_path_rate=0.0,
         ),
-        schedules={"1:1": _schedule([(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)])},
+        schedules={"1:1": square_schedule(64, SHAPES_PATCH)},
         text_encoder="minilm",
     ),
     # For tests: a few thousand parameters, 32 px images.
@@ -105,7 +96,7 @@ RECIPES: dict[str, Recipe] = {
     "infinity-2b": Recipe(
         tokenizer=TOKENIZER_PRESETS["infinity-vae-d32reg"].config,
         transformer=TRANSFORMER_PRESETS["infinity-2b"],
-        schedules=official_schedules("0.06M"),
+        schedules=official_schedules("0.06M", ("1:1", "4:3", "3:4", "16:9", "9:16")),
         text_encoder="google/flan-t5-xl",
     ),
 }

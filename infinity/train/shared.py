@@ -1,4 +1,4 @@
-"""What both trainers use: the object mask of an image, and text features per caption (encoded once).
+"""What both trainers use: the text encoder by name, and text features per caption (encoded once).
 
 Legend: B batch, T text tokens, E text width.
 """
@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.objects import background_mask  # noqa: F401  (tokenizer_trainer imports it from here)
 from ..text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
-
-
-def background_mask(img_B3HW: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """(B, 1, H, W) True where a pixel differs from the image's background (median colour of its border)."""
-    border = torch.cat([img_B3HW[..., 0, :], img_B3HW[..., -1, :], img_B3HW[..., :, 0], img_B3HW[..., :, -1]], dim=-1)
-    bg_B3 = border.median(dim=-1).values
-    return (img_B3HW - bg_B3[..., None, None]).abs().amax(dim=1, keepdim=True) > threshold
 
 
 def load_text_encoder(name: str, device: torch.device, max_length: int) -> TextEncoder:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoints import load_official_transformer, save_model
 from ..sampling import sample_scales
@@ -41,11 +40,13 @@ from ..schedules import Schedule
 from ..text import TextEncoder
 from ..tokenizer import BitwiseTokenizer, SelfCorrection
 from ..tokenizer.model import latent_scales, patchify_bits, spatial_patch
+from ..data.objects import object_token_weights
 from ..transformer import Infinity, TransformerConfig
+from ..transformer.losses import bitwise_cross_entropy, index_cross_entropy, predicted_bits
 from .data import ShapesSource, make_source
 from .engine import Distributed, config_dict, load_init_weights, save_grid, step_generator
 from .grow import deepen
-from .shared import TextCache, background_mask, load_text_encoder
+from .shared import TextCache, load_text_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -117,45 +118,6 @@ def scale_weights(schedule: Schedule, power: float) -> torch.Tensor:
     """(L,) token weights with mean 1: tokens of scale k weigh (h_k w_k)^-power."""
     w = torch.cat([torch.full((h * w,), float(h * w) ** -power) for h, w in schedule.scales])
     return w / w.mean()
-
-
-def object_token_weights(img_B3HW: torch.Tensor, schedule: Schedule, object_weight: float) -> torch.Tensor:
-    """(B, L): 1 + object_weight * the share of each token's cell covered by objects, scales concatenated."""
-    mask_B1HW = background_mask(img_B3HW).float()
-    cover_BL = torch.cat([F.interpolate(mask_B1HW, size=hw, mode="area").flatten(1) for hw in schedule.scales], dim=1)
-    return 1 + object_weight * cover_BL
-
-
-def bitwise_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
-    """Mean over bits, weighted mean over tokens, mean over the batch, of -log p(target bit); weights (L,) or (B, L)."""
-    B, L, d = targets_BLd.shape
-    logp_BLd2 = logits_BLV.float().view(B, L, d, 2).log_softmax(dim=-1)
-    nll_BLd = -logp_BLd2.gather(-1, targets_BLd.long().unsqueeze(-1)).squeeze(-1)
-    return (nll_BLd.mean(dim=-1) * weights_L.to(nll_BLd.device)).mean()
-
-
-def bits_to_index(bits_BLd: torch.Tensor) -> torch.Tensor:
-    """(B, L, d) {0,1} -> (B, L) index sum_j bit_j * 2^j (the class of an index-wise head)."""
-    weights_d = 2 ** torch.arange(bits_BLd.shape[-1], device=bits_BLd.device)
-    return (bits_BLd.long() * weights_d).sum(-1)
-
-
-def index_cross_entropy(logits_BLV: torch.Tensor, targets_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
-    """The index-wise head's loss on the bitwise loss's scale (nats per bit): weighted mean over tokens of
-    -log p(index of the target bits) / d."""
-    B, L, V = logits_BLV.shape
-    nll_BL = torch.nn.functional.cross_entropy(
-        logits_BLV.float().reshape(B * L, V), bits_to_index(targets_BLd).reshape(B * L), reduction="none"
-    ).view(B, L)
-    return (nll_BL * weights_L.to(nll_BL.device)).mean() / targets_BLd.shape[-1]
-
-
-def predicted_bits(logits_BLV: torch.Tensor, d: int, head: str) -> torch.Tensor:
-    """The most likely bits (B, L, d) under either head."""
-    if head == "bits":
-        return logits_BLV.view(*logits_BLV.shape[:2], d, 2).argmax(-1)
-    index_BL = logits_BLV.argmax(-1)
-    return (index_BL[..., None] >> torch.arange(d, device=index_BL.device)) & 1
 
 
 @functools.lru_cache(maxsize=2)
