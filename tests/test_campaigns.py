@@ -96,16 +96,3 @@ def test_ledger_rows_carry_the_machine_and_refuse_damage(tmp_path):
     with pytest.raises(ValueError, match=":2: not a JSON line"):
         read_rows(path)
 
-
-def test_the_readme_tables_are_the_ledgers():
-    from pathlib import Path
-
-    from infinity.campaigns.tables import TABLES
-
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text() + (root / "docs" / "embedded-model.md").read_text()
-    for name, table in TABLES.items():
-        begin, end = f"<!-- ledger:{name} -->", f"<!-- /ledger:{name} -->"
-        assert begin in readme, f"no {begin} block in README.md / docs/embedded-model.md"
-        block = readme.split(begin, 1)[1].split(end, 1)[0].strip()
-        assert block == table(root).strip(), f"the {name} table differs from `python -m infinity.campaigns table {name}`"

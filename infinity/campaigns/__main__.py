@@ -3,9 +3,8 @@
     python -m infinity.campaigns tokenizers --minutes 150    # general-d8/d16/d32, in turn, from runs/ or the shipped files
     python -m infinity.campaigns embedded --minutes 150      # the embedded transformer
     python -m infinity.campaigns table tokenizers            # the README's table, from the ledger
-    python -m infinity.campaigns table --write               # every ledger table rewritten in README.md and docs/
 
-Start it first whenever work starts; it stops by itself before the deadline (or stop it: the checkpoints in
+`python -m infinity.report` writes the tables into README.md and docs/. Start it first whenever work starts; it stops by itself before the deadline (or stop it: the checkpoints in
 runs/ keep all but the last few steps). Ledgers: benchmarks/results/ledger_{tokenizers,embedded}.jsonl.
 """
 from __future__ import annotations
@@ -16,7 +15,7 @@ import sys
 
 from ..checkpoints import CheckpointError
 from .embedded import EmbeddedCampaign, EmbeddedPlan
-from .tables import TABLES, write_tables
+from .tables import TABLES
 from .tokenizers import TokenizerCampaign, TokenizerPlan
 
 
@@ -29,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--minutes", type=float, required=True, help="start no segment that would end after this")
         p.add_argument("--threads", type=int, default=1, help="CPU threads of the trainer (default: %(default)s)")
     t = sub.add_parser("table", help="print a campaign's markdown table, built from its ledger")
-    t.add_argument("campaign", nargs="?", choices=sorted(TABLES))
-    t.add_argument("--write", action="store_true", help="rewrite the tables' blocks in README.md and docs/")
+    t.add_argument("campaign", choices=sorted(TABLES))
     return parser
 
 
@@ -39,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         if args.command == "table":
-            if args.write:
-                print("\n".join(f"wrote {path}" for path in write_tables()) or "the tables were up to date")
-            elif args.campaign:
-                print(TABLES[args.campaign]())
-            else:
-                raise ValueError("name a campaign, or --write")
+            print(TABLES[args.campaign]())
             return 0
         if args.minutes <= 0 or args.threads < 1:
             raise ValueError("--minutes must be > 0 and --threads >= 1")

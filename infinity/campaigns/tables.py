@@ -1,4 +1,4 @@
-"""Markdown tables built from the campaigns' ledgers (the README and docs embed them between markers)."""
+"""Markdown tables built from the campaigns' ledgers (`python -m infinity.report` writes them into the pages)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,22 +58,3 @@ def embedded_table(root: str | Path = ".") -> str:
 
 TABLES = {"tokenizers": tokenizers_table, "embedded": embedded_table}
 
-
-TABLE_FILES = {"tokenizers": "README.md", "embedded": "docs/embedded-model.md"}
-
-
-def write_tables(root: str | Path = ".") -> list[Path]:
-    """Rewrite every `<!-- ledger:NAME -->` ... `<!-- /ledger:NAME -->` block from its ledger; the files changed."""
-    changed = []
-    for name, table in TABLES.items():
-        path = Path(root) / TABLE_FILES[name]
-        text = path.read_text()
-        begin, end = f"<!-- ledger:{name} -->", f"<!-- /ledger:{name} -->"
-        if begin not in text or end not in text:
-            raise ValueError(f"{path}: no {begin} ... {end} block to write the {name} table into")
-        head, rest = text.split(begin, 1)
-        new = f"{head}{begin}\n{table(root).strip()}\n{end}{rest.split(end, 1)[1]}"
-        if new != text:
-            path.write_text(new)
-            changed.append(path)
-    return changed

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_model, save_model
-from ..eval.tokenizers import _pooled, load_photos, square_schedule, tokenizer_psnr_per_scale
+from ..eval.tokenizers import load_photos, pooled_psnr
+from ..images import psnr, to_tensor
+from ..schedules import square_schedule
 from .ledger import append_row, ledger_path, read_rows
 from .segment import command_line, run_segment
 
@@ -77,10 +79,15 @@ def segment_args(plan: TokenizerPlan, bits: int, step: int, from_checkpoint: boo
     return args
 
 
-def heldout_psnr(model, photos, size: int) -> tuple[float, float]:
-    """(mean, pooled) PSNR in dB of the final reconstruction of the held-out photos."""
-    final = tokenizer_psnr_per_scale(model, square_schedule(size, model.config.patch_size), photos)[-1]
-    return round(sum(final) / len(final), 3), _pooled(final)
+@torch.no_grad()
+def heldout_psnr(model, photos, size: int, batch_size: int = 16) -> tuple[float, float]:
+    """(mean, pooled) PSNR in dB of the final reconstruction (all scales) of the held-out photos."""
+    scales = square_schedule(size, model.config.patch_size).scales
+    final = []
+    for start in range(0, len(photos), batch_size):
+        x = torch.cat([to_tensor(img) for img in photos[start:start + batch_size]])
+        final += psnr(model.decode(model.encode_scales(x, scales).quantized), x).tolist()
+    return round(sum(final) / len(final), 3), pooled_psnr(final)
 
 
 def _fp16(model):
@@ -151,19 +158,20 @@ class TokenizerCampaign:
         """Score the run's exported (EMA) weights as they would ship (fp16); ship them if they beat the shipped file."""
         plan, name = self.plan, self.plan.run_name(bits)
         model = load_model(plan.run_dir(bits) / "tokenizer.safetensors")
-        fp32 = heldout_psnr(model, self.photos(), plan.eval_size)
         mean, pooled = heldout_psnr(_fp16(model), self.photos(), plan.eval_size)
         best = max((r["psnr_db"] for r in self.rows() if r.get("run") == name and r.get("kind") == "evaluation"
                     and r.get("heldout") == plan.heldout and (r.get("shipped") or r.get("weights") == "shipped")),
                    default=float("-inf"))
         ship = mean > best
-        if ship:
+        drift = {}
+        if ship:  # what fp16 storage costs, for the weights that ship
+            drift["psnr_fp32_db"] = heldout_psnr(model, self.photos(), plan.eval_size)[0]
             save_model(copy.deepcopy(model).half(), plan.shipped_file(bits))
             logger.info("%s: shipped step %d (%.2f dB > %.2f dB)", name, step, mean, best)
         return append_row(self.ledger, {
             "run": name, "kind": "evaluation", "step": step, "weights": "fp16 of the run's EMA",
             "heldout": plan.heldout, "heldout_images": len(self.photos()), "psnr_db": mean,
-            "psnr_pooled_db": pooled, "psnr_fp32_db": fp32[0], "shipped": ship, "images_seen": self._images(step),
+            "psnr_pooled_db": pooled, **drift, "shipped": ship, "images_seen": self._images(step),
             "cpu_s_total": self._cpu_total(name),
         })
 

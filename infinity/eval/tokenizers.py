@@ -171,7 +171,7 @@ def _mean(values: Sequence[float]) -> float:
     return round(float(np.mean(values)), 3)
 
 
-def _pooled(psnr_db: Sequence[float]) -> float:
+def pooled_psnr(psnr_db: Sequence[float]) -> float:
     """PSNR of the mean squared error over all images (of one size): unlike the mean PSNR, not carried by the few
     images a codec reproduces almost exactly."""
     mse = np.mean([4 * 10 ** (-p / 10) for p in psnr_db])
@@ -217,7 +217,7 @@ def tokenizer_record(name: str, tokenizer: BitwiseTokenizer, photos: Sequence[Im
     per_scale = [_mean(v) for v in per_image]
     record = Record(
         name=name, kind="tokenizer", bits_final_scale=d * H * W, bpp_final_scale=round(d * H * W / size**2, 4),
-        psnr_db=per_scale[-1], psnr_pooled_db=_pooled(per_image[-1]), bits_per_token=d,
+        psnr_db=per_scale[-1], psnr_pooled_db=pooled_psnr(per_image[-1]), bits_per_token=d,
         grids=[list(g) for g in schedule.scales],
         bits_all_scales=d * schedule.seq_len, bpp_all_scales=round(d * schedule.seq_len / size**2, 4),
         psnr_per_scale_db=per_scale,
@@ -239,7 +239,7 @@ def jpeg_record(budget_bits: int, photos: Sequence[Image.Image], scenes: Sequenc
     bits = float(np.mean([f.bits for f in on_photos]))
     record = Record(name=f"JPEG <= {budget_bits} bits", kind="jpeg", bits_final_scale=round(bits, 1),
                     bpp_final_scale=round(bits / size**2, 4), psnr_db=_mean(photo_psnr),
-                    psnr_pooled_db=_pooled(photo_psnr), budget_bits=budget_bits,
+                    psnr_pooled_db=pooled_psnr(photo_psnr), budget_bits=budget_bits,
                     shapes=_shapes_dict(shape_scores) if scenes else {})
     for target, files in (("photos", on_photos), ("shapes scenes", made[len(photos):])):
         over = [f for f in files if not f.within_budget]
@@ -258,7 +258,7 @@ def thumbnail_record(photos: Sequence[Image.Image], scenes: Sequence[Scene], siz
     photo_psnr, shape_scores = _score_reference(thumbnail, photos, scenes, size)
     return Record(name=f"thumbnail {THUMBNAIL_SIDE}x{THUMBNAIL_SIDE} bicubic", kind="thumbnail",
                   bits_final_scale=bits, bpp_final_scale=round(bits / size**2, 4), psnr_db=_mean(photo_psnr),
-                  psnr_pooled_db=_pooled(photo_psnr),
+                  psnr_pooled_db=pooled_psnr(photo_psnr),
                   shapes=_shapes_dict(shape_scores) if scenes else {})
 
 

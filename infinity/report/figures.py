@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..campaigns.tables import embedded_table, tokenizers_table
 from .blocks import Generator
 
 RESULTS = Path("benchmarks/results")
@@ -266,7 +267,48 @@ def claims_cost(root: Path) -> str:
             f"{sum(r['metrics']['eval_seconds'] for r in arms):,.0f} s, the bit-depth rows {sum(bits):,.0f} s")
 
 
+def _tokenizer_name(path: str) -> str:
+    """`assets/tokenizers/general-d16.safetensors` -> general-d16; a model folder's tokenizer -> the folder's name."""
+    p = Path(path)
+    return f"{p.parent.name} (its model's tokenizer)" if p.stem == "tokenizer" else p.stem
+
+
+def tokenizer_codecs(root: Path) -> str:
+    """The tokenizers beside JPEG (at each tokenizer's final-scale bits and at all the bits its decoder needs) and
+    a thumbnail, on the held-out photos and shapes scenes (`python -m infinity.eval tokenizer`)."""
+    results = _load(root, RESULTS / "tokenizers_heldout.json")
+    records = results["records"]
+    budgets: dict[int, list[str]] = {}
+    for r in records:
+        if r["kind"] == "tokenizer":
+            name = _tokenizer_name(r["name"])
+            budgets.setdefault(int(r["bits_final_scale"]), []).append(f"{name} final scale")
+            if r.get("bits_all_scales"):
+                budgets.setdefault(int(r["bits_all_scales"]), []).append(f"{name} all scales")
+    lines = ["| codec | bits per image | PSNR photos (mean / pooled) | shapes: parser agreement 1/2/3 |",
+             "|---|---|---|---|"]
+    for r in records:
+        shapes = " / ".join(f"{r['shapes'][n]['parser_agreement']:.2f}" if n in r["shapes"] else "-"
+                            for n in ("1", "2", "3"))
+        if r["kind"] == "tokenizer":
+            name = _tokenizer_name(r["name"])
+            bits = f"{r['bits_all_scales']:,} all scales ({int(r['bits_final_scale']):,} final)"
+        elif r["kind"] == "jpeg":
+            name = f"JPEG <= {r['budget_bits']:,} bits (= {', '.join(budgets.get(r['budget_bits'], []))})"
+            bits = f"{r['bits_final_scale']:,.0f} (file)"
+        else:
+            name, bits = r["name"], f"{r['bits_final_scale']:,.0f}"
+        lines.append(f"| {name} | {bits} | {r['psnr_db']:.2f} / {r['psnr_pooled_db']:.2f} dB | {shapes} |")
+    info = results["images"]
+    lines += ["", f"{info['used']} held-out photos of `{info['folder']}` at {info['size']}x{info['size']} "
+              f"({len(info['one_colour'])} of one colour skipped); {results['shapes_per_object_count']} shapes scenes "
+              "per object count."]
+    return "\n".join(lines)
+
+
 GENERATORS: dict[str, Generator] = {
+    "tokenizer-codecs": tokenizer_codecs,
+    "ledger-tokenizers": tokenizers_table, "ledger-embedded": embedded_table,
     "performance": performance, "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
     "claims-summary": claims_summary, "claims-findings": claims_findings, "pair-tokenizer": pair_tokenizer,
     "embedded-tokenizer": embedded_tokenizer_one_object, "claims-cost": claims_cost,
