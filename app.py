@@ -27,7 +27,16 @@ CSS = """
 .pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .compact .fixed-height { min-height: 0; }
 """
-LAUNCH_OPTIONS = dict(max_file_size="25mb", css=CSS)  # what main() passes to launch(); tests launch with it too
+
+
+def launch_options() -> dict:
+    """What main() passes to launch(); tests launch with it too. The theme is Gradio's default but for its bold
+    text: Gradio ships Source Sans Pro's semibold (600) as a subset without digits, so bold numbers fell back to
+    another typeface ("dB" came out half bold); the full bold (700) file has every glyph."""
+    import gradio as gr
+
+    font = [gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui", "sans-serif"]
+    return dict(max_file_size="25mb", css=CSS, theme=gr.themes.Default(font=font))
 
 
 def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency: int = 1,
@@ -61,10 +70,11 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
     upload = dict(type="filepath", sources=["upload", "clipboard"], image_mode=None)
 
     def sheet(title: str, elem_id: str):
-        """A contact sheet (infinity/app/sheets.py): its title above it, no overlay on its labelled tiles."""
+        """A contact sheet (infinity/app/sheets.py): its title above it, no overlay on its labelled tiles. Not
+        pixelated: its tiles are enlarged with square pixels already, and a sheet scaled down with nearest
+        neighbour loses rows and columns of its labels' letters."""
         gr.Markdown(f"**{title}**")
-        return gr.Image(show_label=False, buttons=[], format="png", interactive=False, elem_id=elem_id,
-                        elem_classes=pixelated)
+        return gr.Image(show_label=False, buttons=[], format="png", interactive=False, elem_id=elem_id)
 
     with gr.Blocks(title="Infinity", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("## Infinity: bitwise visual autoregressive text-to-image ([arXiv 2412.04431]"
@@ -193,7 +203,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                     tk_run = gr.Button("Tokenize", variant="primary", elem_id="tokenize")
                     tk_text = gr.Markdown(elem_id="tk-text")
             tk_sheet = sheet("Reconstruction after each scale", "tk-sheet")
-            tk_plot = gr.LinePlot(y="PSNR (dB)", label="PSNR per scale", **per_scale)
+            tk_plot = gr.LinePlot(y="PSNR (dB)", label="PSNR per scale", elem_id="tk-plot", **per_scale)
 
         with gr.Tab("Variations", id="variations"):
             gr.Markdown("Keep the first k scales (the layout) of the last result or of an uploaded image and "
@@ -201,12 +211,13 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
             with gr.Row():
                 with gr.Column():
                     va_source = gr.Radio(["last result", "uploaded image"], value="last result", label="Source")
-                    va_image = gr.Image(label="Uploaded image", **upload)
+                    va_image = gr.Image(label="Uploaded image", elem_id="va-image", **upload)
                     va_aspect = gr.Dropdown([AUTO, *ratios], value=AUTO, label="Aspect ratio (uploads)")
                 with gr.Column():
                     va_keep = gr.Slider(1, max(K - 1, 1), value=max(1, K // 2), step=1, label="Keep scales 1..k")
                     va_count = gr.Slider(1, MAX_VARIATIONS, value=4, step=1, label="Variations")
-                    va_prompt = gr.Textbox("", label="Prompt", placeholder="empty: the last generated prompt")
+                    va_prompt = gr.Textbox("", label="Prompt", placeholder="empty: the last generated prompt",
+                                           elem_id="va-prompt")
                     with gr.Row():
                         va_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_SEED)
                         va_randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize")
@@ -241,8 +252,13 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
         )
         pa_run.click(gpu(h.self_correction_pair), [pa_scene, pa_scale, pa_fraction, pa_seed, pa_count],
                      [pa_sheet, pa_text], api_name="self_correction_pair", **on_device)
+        # Gradio 6.31's plot keeps the colour domain of its first drawing: a series not in it gets no line, until
+        # a setting such as color_map changes. The colours follow the data in an event of their own, since the
+        # page applies a new value after the other settings of the same update (it would redraw the old data).
         tk_run.click(gpu(h.tokenize), [tk_image, tk_aspect, tk_tokenizer], [tk_sheet, tk_plot, tk_text],
-                     api_name="tokenize", **on_device)
+                     api_name="tokenize", **on_device).success(
+            h.plot_colors, [tk_plot], [tk_plot], api_name="tokenize_plot_colors", api_visibility="private",
+            queue=False, preprocess=False)
         # The status is cleared first, so an error of this run is never shown beside the last run's "Done".
         varying = va_run.click(lambda: "", None, va_status, queue=False, api_visibility="private").then(
             gpu(h.variations, duration=120),
@@ -251,6 +267,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
             **on_device,
         )
         va_stop.click(None, cancels=[varying])
+        va_image.upload(gpu(h.upload_layout), [va_image, va_aspect], [va_source, va_keep], api_name="upload_layout",
+                        api_visibility="private", **on_device)
 
     return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
 
@@ -294,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_demo(pipe, args.model, max_queue=args.max_queue, concurrency=args.concurrency)
     if warming.is_alive():
         warming.join()
-    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **launch_options())
     logging.getLogger("app").info("serving %s after %.1f s", demo.local_url, time.perf_counter() - start)
     demo.block_thread()
 

@@ -302,7 +302,8 @@ def sample_scales(
                 bits_Bhwd = prefix_bits[k].to(device=bits_Bhwd.device, dtype=torch.uint8)
             if intervention is not None and intervention.scale_index == k:
                 bits_Bhwd = flip_fraction(bits_Bhwd, intervention.fraction, intervention.seed)
-                logger.info("scale %d: flipped %.1f%% of the bits", k, 100 * intervention.fraction)
+                logger.info("scale %d/%d: flipped %.1f%% of the bits", k + 1, K,
+                            100 * intervention.fraction)
 
         with stage("update", k):
             # bilinear_resize is the identity at the full grid, so the last scale is added without interpolation.

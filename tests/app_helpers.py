@@ -28,7 +28,7 @@ def served(pipe, **build_options):
 
     demo = app.build_demo(pipe, "test model", **build_options)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                **app.LAUNCH_OPTIONS)
+                **app.launch_options())
     try:
         yield demo.local_url
     finally:

@@ -4,7 +4,9 @@ choice of tokenizers, on a tiny random-weight model with small tokenizer files i
 
 The tests assert properties, not wording: the self-correction conclusion agrees with the numbers printed beside
 it, two seeds give visibly different images, an unknown word is named, previews keep the output's aspect ratio,
-and no page action logs a console error.
+a plot draws every series of every run on the same page, sheet labels are shown at least as large as the page's
+small text and never scaled down with nearest neighbour, variations of an upload keep its objects where they
+are, and no page action logs a console error.
 
 Screenshots are written to $INFINITY_TEST_ARTIFACTS (default runs/test-artifacts/), one of the live generation and
 one per tab; with INFINITY_SCREENSHOTS_DIR=docs/screenshots the tab screenshots are written there too (the README's
@@ -24,7 +26,9 @@ from PIL import Image
 from test_app_handlers import assert_conclusion_follows_the_numbers
 
 from infinity.app import sheets
+from infinity.app.handlers import ALL_TOKENIZERS
 from infinity.app.pair import PairSlot
+from infinity.app.tokenizers import TokenizerShelf
 from infinity.eval.diversity import mean_pixel_difference
 from infinity.pipeline import InfinityPipeline
 
@@ -206,6 +210,7 @@ def test_unknown_words_are_named_and_seeds_change_the_image(page, embedded):
 def test_every_tab(page, embedded):
     generate(page, embedded, "a large red circle at the top left on a black background")
     screenshot(page, "generate", docs=True)
+    assert_labels_legible(page, "#previews")
 
     page.get_by_role("tab", name="Inside each scale").click()
     page.get_by_text("Bit entropy of the model's predictions").wait_for()  # filled in after the generation
@@ -216,6 +221,7 @@ def test_every_tab(page, embedded):
     page.locator("#sc-text table").wait_for()
     assert_conclusion_follows_the_numbers(markdown_of(page, "#sc-text"))
     screenshot(page, "self_correction_tokenizer", docs=True)
+    assert_labels_legible(page, "#sc-sheet")
     page.get_by_role("tab", name="Generation level").click()
     page.locator("#sc-generation").click()
     page.get_by_text("Later scales changed").wait_for()
@@ -226,6 +232,7 @@ def test_every_tab(page, embedded):
         page.get_by_text("held-out scenes,").wait_for()
         assert_pair_conclusion_follows_the_means(page.inner_text("#pa-text"))
         screenshot(page, "self_correction_pair", docs=True)
+        assert_labels_legible(page, "#pa-sheet")
 
     page.get_by_role("tab", name="Tokenizer", exact=True).click()
     page.locator("#tokenize").click()
@@ -239,18 +246,119 @@ def test_every_tab(page, embedded):
     no_console_errors(page)
 
 
+def plot_lines(page, selector: str) -> dict[str, str]:
+    """The lines a Vega plot drew: stroke colour -> the SVG path, for every line with a colour (a series outside
+    the plot's colour domain is drawn without one, that is not at all)."""
+    return page.evaluate("""(sel) => Object.fromEntries(
+        Array.from(document.querySelectorAll(sel + ' .mark-line.role-mark path'))
+            .filter(p => p.getAttribute('stroke') && (p.getAttribute('d') || '').length > 0)
+            .map(p => [p.getAttribute('stroke'), p.getAttribute('d')]))""", selector)
+
+
+def assert_labels_legible(page, selector: str) -> None:
+    """The sheet's labels, at the size the page shows the sheet, are no smaller than the page's own small text
+    (Gradio's --text-sm), and a sheet shown smaller than its pixels is not scaled with nearest neighbour (that
+    drops rows and columns of the letters: "dB" reads "d3")."""
+    shown = page.evaluate("""(sel) => {
+        const img = document.querySelector(sel + ' img');
+        return {natural: img.naturalWidth, width: img.getBoundingClientRect().width,
+                rendering: getComputedStyle(img).imageRendering,
+                small_text: parseFloat(getComputedStyle(document.body).getPropertyValue('--text-sm'))};
+    }""", selector)
+    label_px = sheets.LABEL_FONT_SIZE * shown["width"] / shown["natural"]
+    assert label_px >= shown["small_text"], f"{selector}: labels at {label_px:.1f} CSS px ({shown})"
+    assert shown["width"] >= shown["natural"] or shown["rendering"] != "pixelated", f"{selector}: {shown}"
+
+
+def wait_for_new(page, selector: str, before: str | None) -> None:
+    """Wait until the <img> under `selector` shows another file than `before` and no progress is shown."""
+    page.wait_for_function("""([sel, before]) => {
+        const img = document.querySelector(sel + ' img');
+        return img && img.getAttribute('src') !== before && img.complete && img.naturalWidth > 0
+            && !document.querySelector('.progress-text');
+    }""", arg=[selector, before])
+
+
+def tokenize(page, choice: str) -> None:
+    """Run the Tokenizer tab with `choice` and wait until its new sheet is shown."""
+    choose(page, "#tk-tokenizer-choice", choice)
+    sheet = page.locator("#tk-sheet img")
+    before = sheet.get_attribute("src") if sheet.count() else None
+    page.locator("#tokenize").click()
+    wait_for_new(page, "#tk-sheet", before)
+
+
+def test_tokenizer_runs_on_one_page_redraw_the_plot(page, embedded):
+    """One page, three runs with other tokenizers each: every run's plot draws a line per tokenizer."""
+    labels = TokenizerShelf(embedded).choices  # the model's own and the shipped general tokenizers
+    page.get_by_role("tab", name="Tokenizer", exact=True).click()
+    for choice, series in ((labels[0], 1), (labels[1], 1), (ALL_TOKENIZERS, len(labels))):
+        tokenize(page, choice)
+        page.wait_for_function("(n) => document.querySelectorAll('#tk-plot .mark-line.role-mark path').length >= n",
+                               arg=series)
+        time.sleep(0.5)  # the plot draws its new data
+        lines = plot_lines(page, "#tk-plot")
+        assert len(lines) == series, f"{choice}: {len(lines)} of {series} lines drawn"
+    screenshot(page, "browser_tokenizer_all")
+    no_console_errors(page)
+
+
+def test_tokenizer_sheets_keep_the_result_on_the_inputs_row_legibly(page, embedded):
+    """The input and every scale on one row, for one tokenizer and for all side by side; labels legible."""
+    labels = TokenizerShelf(embedded).choices
+    schedule = embedded.schedule("1:1")  # the example scene is square
+    page.get_by_role("tab", name="Tokenizer", exact=True).click()
+    for choice, series in ((labels[0], 1), (ALL_TOKENIZERS, len(labels))):
+        tokenize(page, choice)
+        lay = sheets.layout(schedule.pixel_hw, schedule.num_scales + 1, series, titled=series > 1)
+        assert image_of(page, "#tk-sheet").size == lay.size and lay.rows_per_series == 1, lay
+        settle(page)
+        assert_labels_legible(page, "#tk-sheet")
+    no_console_errors(page)
+
+
+def test_variations_of_an_upload_keep_its_layout(page, embedded):
+    """An uploaded scene with a new prompt: every variation has its objects where the upload has them (the
+    foreground, pixels far from the background colour, overlaps at least half)."""
+    upload = ROOT / "assets" / "examples" / "scene.png"
+    page.get_by_role("tab", name="Variations").click()
+    page.locator("#va-image input[type=file]").set_input_files(upload)
+    page.locator("#va-image img").wait_for()
+    time.sleep(1)  # the upload's own event runs
+    page.get_by_label("uploaded image").check()
+    page.locator("#va-prompt textarea").fill("a small blue square in the center")
+    page.locator("#variations").click()
+    page.get_by_text("Done: 4 variations").wait_for()
+    sheet = image_of(page, "#va-sheet")
+    hw = embedded.schedule("1:1").pixel_hw
+    lay = sheets.layout(hw, 5)
+    expected = foreground(Image.open(upload))
+    for i in range(1, 5):
+        overlap = foreground(sheet.crop(lay.box(0, i)))
+        iou = (overlap & expected).sum() / (overlap | expected).sum()
+        assert iou >= 0.5, f"variation {i}: its objects overlap the upload's by {iou:.2f}"
+    assert_labels_legible(page, "#va-sheet")
+    no_console_errors(page)
+
+
+def foreground(img: Image.Image, side: int = 16) -> np.ndarray:
+    """Where `img`, reduced to side x side, differs from its top-left colour (the background) by over 60/255."""
+    a = np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BOX), np.float32)
+    return np.abs(a - a[0, 0]).max(-1) > 60
+
+
 def test_tokenizer_choice_in_both_tabs(browser, tiny_url):
     page = open_page(browser, tiny_url)
     try:
         page.get_by_role("tab", name="Tokenizer", exact=True).click()
         choose(page, "#tk-tokenizer-choice", "all, side by side")
         page.locator("#tokenize").click()
-        page.get_by_text("general-d16 (16 bits) (16 bits per token)").wait_for()
-        assert "general-d8 (8 bits) (8 bits per token)" in page.locator("#tk-text").inner_text()
+        page.get_by_text("general-d16 (16 bits per token)").wait_for()
+        assert "general-d8 (8 bits per token)" in page.locator("#tk-text").inner_text()
         page.get_by_role("tab", name="Self-correction").click()
-        choose(page, "#sc-tokenizer-choice", "general-d8 (8 bits)")
+        choose(page, "#sc-tokenizer-choice", "general-d8")
         page.locator("#sc-tokenizer").click()
-        page.get_by_text("Tokenizer: general-d8 (8 bits).").wait_for()
+        page.get_by_text("Tokenizer: general-d8.").wait_for()
         assert_conclusion_follows_the_numbers(markdown_of(page, "#sc-text"))
         no_console_errors(page)
     finally:

@@ -14,7 +14,7 @@ from app_helpers import bad_image_files, write_tokenizer_files
 from PIL import Image
 
 import app
-from infinity.app import explorer, runtime, sheets
+from infinity.app import explorer, runtime, sheets, views
 from infinity.app.handlers import ALL_TOKENIZERS, Generation, Handlers, user_errors
 from infinity.app.tokenizers import BEST, MODEL_OWN, Codec, TokenizerShelf
 from infinity.eval.diversity import mean_pixel_difference
@@ -197,26 +197,43 @@ def test_seeds_give_visibly_different_images_on_the_embedded_model(embedded):
 
 def test_tokenizer_choice_reaches_both_tabs(app_pipe, shelf_dir, monkeypatch):
     shelf = TokenizerShelf(app_pipe, shelf_dir)
-    assert shelf.choices == [MODEL_OWN, "general-d8 (8 bits)", "general-d16 (16 bits)"]  # notes.safetensors left out
+    assert shelf.choices == [MODEL_OWN, "general-d8", "general-d16"]  # notes.safetensors left out
     # the tiny model makes 32 px images, the files encode 128 px: PSNRs would not compare, so no BEST
     assert not shelf.comparable and shelf.default == MODEL_OWN and BEST not in shelf.options
     h = Handlers(app_pipe, shelf)
     sheet, table, text = h.tokenize({"path": EXAMPLE}, "auto", ALL_TOKENIZERS)
     assert set(table["series"]) == set(shelf.choices) and len(text.split("\n\n")) == 3
-    assert "general-d16 (16 bits) (16 bits per token): aspect ratio 3:2 (96x64 px), 7 scales" in text
+    assert "general-d16 (16 bits per token): aspect ratio 3:2 (96x64 px), 7 scales" in text
     assert sheet.size == sheets.layout((16, 24), 8, 3, titled=True).size  # a row per tokenizer
-    sheet, table, text = h.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, "general-d8 (8 bits)")
-    assert text.startswith("Tokenizer: general-d8 (8 bits). Flipped") and len(table) == 3 * 7
+    sheet, table, text = h.self_correction_tokenizer(EXAMPLE, "auto", 2, 0.3, 0, "general-d8")
+    assert text.startswith("Tokenizer: general-d8. Flipped") and len(table) == 3 * 7
     assert_conclusion_follows_the_numbers(text)
     monkeypatch.setattr(app_pipe, "name", "infinity-2b")
     released = TokenizerShelf(app_pipe, shelf_dir)
     assert released.default == MODEL_OWN and BEST not in released.options  # a released model keeps its own
     with pytest.raises(ValueError, match="different sizes"):  # a codec against one at another size
-        small = shelf.get("general-d8 (8 bits)")
+        small = shelf.get("general-d8")
         explorer.best_codec([small, Codec("other", small.tokenizer, {
             "1:1": Schedule(small.schedules["1:1"].scales, 2 * small.schedules["1:1"].patch_size)})],
             Image.open(EXAMPLE), "1:1")
     assert TokenizerShelf(app_pipe, shelf_dir / "missing").choices == [MODEL_OWN]
+
+
+def test_the_tokenizer_plot_colours_the_series_it_shows_in_a_fixed_order(app_pipe, shelf_dir):
+    h = Handlers(app_pipe, TokenizerShelf(app_pipe, shelf_dir))
+    plot = {"columns": ["scale", "PSNR (dB)", "series"],
+            "data": [["1", 9.0, "general-d16"], ["1", 8.0, MODEL_OWN]]}
+    colors = h.plot_colors(plot).color_map
+    assert list(colors) == [MODEL_OWN, "general-d16"] and colors["general-d16"] == views.SERIES_COLORS[2]
+
+
+def test_an_upload_becomes_the_variations_source_with_the_scales_of_its_layout(embedded):
+    source, keep = embedded.upload_layout({"path": SCENE}, "auto")
+    K = embedded.pipe.schedule("1:1").num_scales
+    assert source == "uploaded image" and 1 <= keep.value < K
+    sheet, status = list(embedded.variations(source, SCENE, "auto", keep.value, 1, "a small blue square", 0, False,
+                                             None))[-1]
+    assert status.startswith(f"Done: 1 variation of scales {keep.value + 1}-{K}")
 
 
 def test_the_best_tokenizer_on_an_image_is_the_one_with_the_highest_psnr(embedded):
@@ -307,6 +324,7 @@ def test_gpu_decorator_only_with_spaces(monkeypatch):
 def test_banner_and_warm_up(app_pipe):
     text = runtime.banner(app_pipe, "runs/x")
     assert f"**{app_pipe.name}**" in text and "on **CPU** (float32)" in text and "up to 32x32 px" in text
+    assert runtime.banner(app_pipe, None).startswith(f"Model **{app_pipe.name}** on ")  # the name said once
     assert runtime.warm_up(app_pipe) > 0
 
 
@@ -340,4 +358,4 @@ def test_demo_is_queued_with_named_endpoints(app_pipe):
     assert {"generate", "inspect_scale", "tokenize", "self_correction_tokenizer", "self_correction_generation",
             "self_correction_pair", "variations"} <= names
     on_device = [fn for fn in demo.fns.values() if fn.concurrency_id == "device"]
-    assert len(on_device) == 6 and all(fn.concurrency_limit == 2 for fn in on_device)
+    assert len(on_device) == 7 and all(fn.concurrency_limit == 2 for fn in on_device)

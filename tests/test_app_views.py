@@ -95,7 +95,7 @@ def test_contact_sheet_tiles_keep_the_aspect_ratio(image_hw):
     labels = [f"scale {k + 1}" for k in range(9)]
     lay = sheets.layout(image_hw, 9, 2)
     sheet = sheets.contact_sheet([tiles, tiles[:1]], [labels, labels], image_hw)
-    assert sheet.size == lay.size and lay.columns == 7  # 9 tiles wrap into two rows of at most 7
+    assert sheet.size == lay.size and lay.columns == 5  # 9 tiles wrap into rows of 5 and 4
     for row, count in ((0, 3), (1, 1)):
         for i in range(9):
             x0, y0, x1, y1 = lay.box(row, i)
@@ -104,6 +104,36 @@ def test_contact_sheet_tiles_keep_the_aspect_ratio(image_hw):
             assert pixel == ((i * 30, 0, 0) if i < count else sheets.BACKGROUND)  # empty frames until computed
     with pytest.raises(ValueError, match="more than its 9 labels"):
         sheets.contact_sheet([tiles * 4], [labels], image_hw)
+
+
+def test_a_sheet_row_holds_the_input_and_seven_scales_and_wraps_evenly():
+    assert sheets.layout((128, 128), 8).rows_per_series == 1  # the result beside the input, not alone below it
+    assert sheets.layout((1024, 1024), 14).columns == 7  # the input and 13 scales: two rows of 7
+    wide = sheets.layout((128, 192), 8)  # 3:2 tiles are wider: fewer per row, rows of equal length
+    assert (wide.columns, wide.rows_per_series) == (4, 2) and wide.size[0] <= sheets.layout((128, 128), 8).size[0]
+    assert min(sheets.layout((192, 128), 1).tile) == sheets.TILE_SIDE  # 2:3 tiles as wide as square ones
+
+
+def test_labels_wrap_between_parts_then_words():
+    font = sheets._font(sheets.LABEL_FONT_SIZE)
+    assert sheets.wrap("scale 7: 16x16 · 28.4 dB", font, 160) == ["scale 7: 16x16", "28.4 dB"]
+    assert sheets.wrap("scale 7: 16x16 · 28.4 dB", font, 400) == ["scale 7: 16x16 · 28.4 dB"]
+    assert sheets.wrap("input · resized, cropped", font, 160) == ["input", "resized, cropped"]
+    assert sheets.wrap("a b", font, 1) == ["a", "b"]  # a word wider than the tile keeps a line of its own
+    with pytest.raises(ValueError, match="needs 3 lines"):
+        sheets.contact_sheet([[]], [[" · ".join(["scale 7: 16x16"] * 3)]], (2, 2))
+
+
+def test_an_uploads_layout_needs_the_scales_that_make_half_its_psnr_gain():
+    assert explorer.layout_scales([12.8, 13.5, 14.2, 14.6, 16.7, 22.3, 28.4]) == 6  # the example scene, embedded
+    assert explorer.layout_scales([10.0, 20.0, 21.0, 22.0]) == 2
+    assert explorer.layout_scales([10.0, 10.0, 10.0]) == 1 and explorer.layout_scales([10.0, 9.0]) == 1
+
+
+def test_series_colors_follow_the_order_of_every_series():
+    order = ["own", "d8", "d16"]
+    assert views.series_colors(["d16"], order) == {"d16": views.SERIES_COLORS[2]}
+    assert views.series_colors(order, order)["own"] == views.SERIES_COLORS[0]
 
 
 # ---- vocabulary ----

@@ -17,7 +17,8 @@ Legend: B batch (1), d bits per latent cell, H/W the full latent grid, h/w one s
   feature space, |f - F_k| / |f|; `verdict` turns the last scale's numbers into the sentence the app prints.
 - `generation_intervention`: the transformer's version of the same question: flip a fraction of the sampled bits
   at one scale (an `Intervention`) and see how the later scales react, beside the clean run with the same seed.
-- `variations`: keep the first k scales of a result (or of an encoded image) and resample the rest.
+- `variations`: keep the first k scales of a result (or of an encoded image) and resample the rest;
+  `layout_scales` says how many scales of an uploaded image to keep so that its layout stays.
 """
 from __future__ import annotations
 
@@ -247,6 +248,19 @@ def generation_intervention(
         changed,
         round(intervention.fraction * bits_k.numel()),
     )
+
+
+def layout_scales(psnr_db: Sequence[float]) -> int:
+    """How many scales of an image's encoding to keep for variations that keep its layout: the fewest whose
+    reconstruction has made half of the encoding's PSNR gain over its first scale (at most K - 1, so one is left
+    to sample). `psnr_db`: the reconstruction's PSNR after each scale (`reconstruct`).
+
+    Why measured: a tokenizer need not put an image's layout in its first scales. The embedded one shows the
+    example scene's objects only from its 8x8 scale on (scales 1-4 of 7 carry little more than the background),
+    where a generation's own first scales already fix its layout."""
+    K, first, last = len(psnr_db), psnr_db[0], psnr_db[-1]
+    enough = next(k for k, p in enumerate(psnr_db, 1) if p - first >= (last - first) / 2)
+    return max(1, min(enough, K - 1))
 
 
 def variations(

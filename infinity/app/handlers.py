@@ -23,13 +23,13 @@ from gradio import processing_utils
 from PIL import Image
 
 from ..eval import pair as pair_measure
-from ..images import psnr, to_pil, to_tensor
+from ..images import fit, psnr, to_pil, to_tensor
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention
 from ..tokenizer.model import unpatchify_bits
 from . import explorer, inputs, pair, vocabulary
 from .sheets import contact_sheet
-from .tokenizers import BEST, Codec, TokenizerShelf
+from .tokenizers import BEST, MODEL_OWN, Codec, TokenizerShelf
 from .views import (
     bits_image,
     difference_map,
@@ -37,6 +37,7 @@ from .views import (
     entropy_overlay,
     per_scale_table,
     residual_image,
+    series_colors,
     token_entropy,
 )
 
@@ -306,7 +307,7 @@ class Handlers:
         short = {"scene": "the scene", clean: "clean recon.", no_correction: "true later bits",
                  "without": "trained without", "with": "trained with"}
         long = {**short, **{arm: pair.arm_label(duo.info, arm) for arm in pair_measure.ARMS}}
-        labels = [short[n] if n not in one.psnr_db else f"{short[n]}: {one.psnr_db[n]:.1f} dB" for n in names]
+        labels = [short[n] if n not in one.psnr_db else f"{short[n]} · {one.psnr_db[n]:.1f} dB" for n in names]
         hw = duo.pipes["with"].schedule(pair_measure.ASPECT_RATIO).pixel_hw
         sheet = contact_sheet([[one.images[n] for n in names]], [labels], hw)
         rows = "\n".join(f"| {long[n]} | {one.psnr_db[n]:.2f} dB | "
@@ -338,7 +339,7 @@ class Handlers:
             fitted, rec = explorer.reconstruct(codec, img, name)
             bits = codec.tokenizer.bits
             rows.append([fitted, *rec.images])
-            tile_labels.append(["input (resized, cropped)"] + [
+            tile_labels.append(["input · resized, cropped"] + [
                 f"{label} · {p:.1f} dB" for label, p in zip(grid_labels(schedule.scales), rec.psnr)])
             titles.append(f"{codec.label}\n{bits} bits per token")
             series[f"{codec.label}"] = rec.psnr
@@ -349,6 +350,15 @@ class Handlers:
         sheet = contact_sheet(rows, tile_labels, codecs[0].schedules[codecs[0].aspect_ratio(aspect, img)].pixel_hw,
                               titles=titles if len(codecs) > 1 else None)
         return sheet, per_scale_table(series, "PSNR (dB)"), "\n\n".join(([chosen] if chosen else []) + lines)
+
+    def plot_colors(self, plot):
+        """The Tokenizer plot's colour map: a colour for each tokenizer it shows, the same in every run (a UI update
+        sent after the plot's data, see app.py; not part of the API). `plot`: the plot's value as the page has it."""
+        if not plot:
+            return gr.skip()
+        column, order = plot["columns"].index("series"), self.tokenizers.choices
+        shown = {row[column] for row in plot["data"]}
+        return gr.LinePlot(color_map=series_colors([name for name in order if name in shown], order))
 
     # ---- 5. variations ----
 
@@ -380,8 +390,11 @@ class Handlers:
 
         start = time.perf_counter()
         hw = self.pipe.schedule(aspect_ratio).pixel_hw
-        labels = [[f"kept: scales 1-{keep}", *(f"seed {s}" for s in seeds)]]
         tiles = [self._prefix_image(bits[:keep], aspect_ratio)]
+        kept = f"kept: scales 1-{keep}"
+        if source == "uploaded image":  # how much of the upload the kept scales carry
+            kept += f" · {float(psnr(to_tensor(tiles[0]), to_tensor(fit(img.convert('RGB'), hw)))):.1f} dB"
+        labels = [[kept, *(f"seed {s}" for s in seeds)]]
         notice = self.notice(prompt)
         notice = f"\n\n{notice}" if notice else ""
         yield cached(contact_sheet([tiles], labels, hw)), f"Kept {keep}/{K} scales; sampling {count} variations...{notice}"
@@ -390,8 +403,17 @@ class Handlers:
             tiles.append(img)
             sheet = cached(contact_sheet([tiles], labels, hw))
             yield sheet, f"{i + 1}/{count} variations · {time.perf_counter() - start:.1f} s{notice}"
-        yield sheet, (f"Done: {count} variations of scales {keep + 1}-{K} with seeds {seeds[0]}-{seeds[-1]}, "
+        yield sheet, (f"Done: {count} variation{'s' if count > 1 else ''} of scales {keep + 1}-{K} with seeds {seeds[0]}-{seeds[-1]}, "
                       f"prompt '{prompt[:80]}' · {time.perf_counter() - start:.2f} s{notice}")
+
+    @user_errors
+    def upload_layout(self, image, aspect_ratio):
+        """For a newly uploaded image: the Variations source set to it, and the kept scales to the fewest that
+        hold its layout (explorer.layout_scales), measured on its encoding by the model's tokenizer."""
+        img = inputs.read_image(image)
+        codec = self.tokenizers.get(MODEL_OWN)
+        _, rec = explorer.reconstruct(codec, img, codec.aspect_ratio(self._aspect_ratio(aspect_ratio, img), img))
+        return "uploaded image", gr.Slider(value=explorer.layout_scales(rec.psnr))
 
     @torch.no_grad()
     def _prefix_image(self, bits: list[torch.Tensor], aspect_ratio: str) -> Image.Image:

@@ -73,10 +73,12 @@ def warm_up(pipe: InfinityPipeline, scales: int = 2) -> float:
 
 
 def banner(pipe: InfinityPipeline, model: str | None) -> str:
-    """Which model runs on which device, in one Markdown line."""
+    """Which model runs on which device, in one Markdown line; where it came from only when that adds to its name
+    (a folder, or a name of the caller's)."""
     dtype = str(pipe.dtype).removeprefix("torch.")
     H, W = max((s.pixel_hw for s in pipe.schedules.values()), key=lambda hw: hw[0] * hw[1])
+    source = f" ({model_label(model)})" if model is not None and model_label(model) != pipe.name else ""
     return (
-        f"Model **{pipe.name}** ({model_label(model)}) on **{pipe.device_name}** ({dtype}) · "
+        f"Model **{pipe.name}**{source} on **{pipe.device_name}** ({dtype}) · "
         f"{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
     )

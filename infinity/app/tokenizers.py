@@ -104,7 +104,7 @@ class TokenizerShelf:
         folder = Path(folder or os.environ.get(TOKENIZERS_DIR_ENV) or DEFAULT_TOKENIZERS_DIR)
         found = {path: tokenizer_bits(path) for path in sorted(folder.glob("*.safetensors"))}
         files = sorted(((bits, path) for path, bits in found.items() if bits), key=lambda t: (t[0], t[1].name))
-        self.files = {f"{path.stem} ({bits} bits)": path for bits, path in files}
+        self.files = {path.stem: path for _, path in files}  # the text beside a result states the bits
         self._loaded = {MODEL_OWN: model_codec(pipe)}
         own = {name: sc.pixel_hw for name, sc in self._loaded[MODEL_OWN].schedules.items()}
         # BEST compares PSNRs, which only mean the same at the same image size: every file must encode the

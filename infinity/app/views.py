@@ -109,6 +109,16 @@ def per_scale_table(series: dict[str, Sequence[float]], y: str):
     return pd.DataFrame(rows, columns=["scale", y, "series"])
 
 
+# Vega's default category colours, in its order.
+SERIES_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d"]
+
+
+def series_colors(names: Sequence[str], order: Sequence[str]) -> dict[str, str]:
+    """A colour for each of `names`, fixed by its place in `order` (every series that may appear), so a series
+    has the same colour in every plot."""
+    return {name: SERIES_COLORS[order.index(name) % len(SERIES_COLORS)] for name in names}
+
+
 def scale_labels(num_scales: int) -> list[str]:
     """The x values of `per_scale_table`, in plot order."""
     return [str(k + 1) for k in range(num_scales)]

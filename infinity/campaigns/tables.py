@@ -44,7 +44,7 @@ def embedded_table(root: str | Path = ".") -> str:
     for r in evaluations:
         what = "shipped before the campaign" if r["weights"] == "shipped" else ("shipped" if r["shipped"] else "not shipped")
         a = r["adherence"]
-        lines.append(f"| {what} | {r['step']} | {r['images_seen']:,} | {_cpu_hours(rows, 'embedded-transformer', r['step']):.2f} "
+        lines.append(f"| {what} | {r['step']} | {r.get('images_seen', 0):,} | {_cpu_hours(rows, 'embedded-transformer', r['step']):.2f} "
                      f"| {a.get('1', 0):.2f} | {a.get('2', 0):.2f} | {a.get('3', 0):.2f} | {r['seed_spread_mean']:.1f} "
                      f"| {r['prompts_over_spread_target']} of {r['open_prompts']} |")
     if evaluations:

@@ -306,7 +306,14 @@ def tokenizer_codecs(root: Path) -> str:
     return "\n".join(lines)
 
 
+def tokenize_example(root: Path) -> str:
+    """The README's `tokenize` example: PSNR after the first and the last scale (its psnr.json)."""
+    rows = _load(root, RESULTS / "embedded_tokenize_scene.json")
+    return f"{rows[0]['psnr_db']:.1f} dB after scale {rows[0]['scale']}, {rows[-1]['psnr_db']:.1f} after {rows[-1]['scale']}"
+
+
 GENERATORS: dict[str, Generator] = {
+    "tokenize-example": tokenize_example,
     "tokenizer-codecs": tokenizer_codecs,
     "ledger-tokenizers": tokenizers_table, "ledger-embedded": embedded_table,
     "performance": performance, "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
