@@ -70,6 +70,7 @@ def test_the_exported_pair_records_both_arms_and_stores_fp16(pair_dir, arms):
     q = info["tokenizer_on_heldout"]
     assert 0 < q["psnr_db"] < 60 and 0 <= q["parser_pass"] <= 1  # a random tokenizer: low, but measured
     assert f"at {q['psnr_db']:.1f} dB" in intro and 1 <= info["default_scene"] <= 3
+    assert f"Scene {info['default_scene']} is shown first by a rule" in intro
 
 
 def test_export_refuses_arms_that_are_not_matched(arms, tmp_path):
@@ -142,10 +143,12 @@ def test_both_models_get_identical_flipped_bits_and_random_streams(duo, monkeypa
         assert all(torch.equal(x, y) for x, y in zip(a[4], b[4])) and torch.equal(a[5], b[5])
 
 
-def _measured(with_db, without_db):
-    def points(db):
-        return (RecoveryPoint(2, 0.0, 4, 30.0, 1.0, 200.0, 1.0), RecoveryPoint(2, 0.2, 4, db, 0.5, 15.0, 0.25))
-    return pair_eval.Measured(2, 0.2, 4, {"with": points(with_db), "without": points(without_db)})
+def _measured(with_db, without_db, with_scenes=(), without_scenes=()):
+    def points(db, per_scene):
+        return (RecoveryPoint(2, 0.0, 4, 30.0, 1.0, 200.0, 1.0),
+                RecoveryPoint(2, 0.2, 4, db, 0.5, 15.0, 0.25, tuple(per_scene) or (db,) * 4))
+    return pair_eval.Measured(2, 0.2, 4, {"with": points(with_db, with_scenes),
+                                          "without": points(without_db, without_scenes)})
 
 
 def test_the_conclusion_follows_the_numbers(duo):
@@ -155,6 +158,11 @@ def test_the_conclusion_follows_the_numbers(duo):
     assert "the parser reads 100% of the clean reconstructions" in helped
     assert "did not help" in pair.comparison_text(duo, _measured(20.0, 21.0))
     assert "no measurable effect" in pair.comparison_text(duo, _measured(20.0, 20.05))
+    # the means and the count of scenes each model wins can disagree: both are shown
+    split = pair.comparison_text(duo, _measured(21.0, 20.0, (30, 18, 18, 18), (19, 20.5, 20.5, 20.05)))
+    assert "1 of 4 came back closer with self-correction, 3 without, 0 within 0.1 dB" in split
+    assert "0 of 4 came back closer with self-correction, 0 without, 4 within" in pair.comparison_text(
+        duo, _measured(20.0, 20.05))
 
 
 def test_the_handler_answers_bad_input_and_a_missing_pair(app_pipe, pair_dir, tmp_path):

@@ -33,6 +33,9 @@ def comparison_text(pair: SelfCorrectionPair, m: Measured, tolerance: float = PS
                  f"corrected): {m.reference_psnr_db:.2f} dB")
     lines.append(f"- the parser reads {m.points['with'][0].reference_parser_pass:.0%} of the clean reconstructions "
                  "themselves")
+    wins = m.wins(tolerance)
+    lines.append(f"- scene by scene: {wins['with']} of {m.scenes} came back closer with self-correction, "
+                 f"{wins['without']} without, {wins['tie']} within {tolerance:g} dB of each other")
     gap = m.points["with"][1].psnr_db - m.points["without"][1].psnr_db
     if gap > tolerance:
         verdict = (f"The model trained with self-correction came back closer to the clean reconstruction, by "
@@ -87,6 +90,9 @@ def pair_intro(info: dict | None) -> str:
         "at the last) with the same random stream. PSNR against the scene's clean reconstruction measures how "
         "far each comes back. 'True later bits' is the flipped scale followed by the clean encoding's later bits: "
         "what the flips alone cost when nothing is sampled and nothing corrected."
+        f" Scene {info['default_scene']} is shown first by a rule fixed when the pair was exported, before either "
+        "model ran on it: of the held-out scenes whose reconstruction the scene parser reads (all, if none), the one "
+        "the tokenizer reconstructs best."
     ) + _tokenizer_note(info)
 
 

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -158,6 +159,14 @@ class Measured:
     @property
     def reference_psnr_db(self) -> float:
         return self.points["with"][1].reference_psnr_db
+
+    def wins(self, tolerance: float) -> dict[str, int]:
+        """Per arm, the scenes (with p flipped) it brought back closer to the clean reconstruction than the other
+        by more than `tolerance` dB; "tie" counts the rest."""
+        a, b = (np.array(self.points[arm][1].psnr_per_scene_db) for arm in ARMS)
+        out = {ARMS[0]: int((a > b + tolerance).sum()), ARMS[1]: int((b > a + tolerance).sum())}
+        out["tie"] = self.scenes - sum(out.values())
+        return out
 
 
 def measure(pair: SelfCorrectionPair, k: int, p: float, count: int, seed: int) -> Measured:

@@ -43,9 +43,12 @@ class RecoveryPoint:
     parser_pass: float  # share of the results the scene parser reads as their scene
     reference_psnr_db: float  # no correction: the flipped scale k, then the true bits of k+1..K
     reference_parser_pass: float
+    psnr_per_scene_db: tuple[float, ...] = ()  # the result's PSNR of every scene, in order (not in to_dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["psnr_per_scene_db"]
+        return d
 
 
 def _check(K: int, ks: Sequence[int], ps: Sequence[float]) -> None:
@@ -108,15 +111,18 @@ def recovery_curve(pipe, scenes: Sequence[Scene], ks: Sequence[int], ps: Sequenc
     """
     _check(pipe.schedule(aspect_ratio).num_scales, ks, ps)
     sums = {(k, p): np.zeros(4) for k in ks for p in ps}
+    per_scene: dict[tuple[int, float], list[float]] = {(k, p): [] for k in ks for p in ps}
     for i, start in enumerate(range(0, len(scenes), batch_size)):
         encoded = encode_scenes(pipe, scenes[start:start + batch_size], aspect_ratio)
         for k in ks:
             for p in ps:
                 result_B3HW, reference_B3HW = intervene(pipe, encoded, k, p, aspect_ratio=aspect_ratio, cfg=cfg,
                                                         tau=tau, seed=seed + i)
-                sums[k, p] += scores(result_B3HW, reference_B3HW, encoded.clean_B3HW, encoded.scenes).sum(0)
+                scored = scores(result_B3HW, reference_B3HW, encoded.clean_B3HW, encoded.scenes)
+                sums[k, p] += scored.sum(0)
+                per_scene[k, p] += scored[:, 0].round(4).tolist()
     n = len(scenes)
-    return [RecoveryPoint(k, p, n, *(sums[k, p] / n).round(4).tolist()) for k in ks for p in ps]
+    return [RecoveryPoint(k, p, n, *(sums[k, p] / n).round(4).tolist(), tuple(per_scene[k, p])) for k in ks for p in ps]
 
 
 def scores(result_B3HW: torch.Tensor, reference_B3HW: torch.Tensor, clean_B3HW: torch.Tensor,
