@@ -96,3 +96,37 @@ def test_ledger_rows_carry_the_machine_and_refuse_damage(tmp_path):
     with pytest.raises(ValueError, match=":2: not a JSON line"):
         read_rows(path)
 
+
+
+def test_embedded_campaign_scores_each_segment_and_ships_only_a_better_model(tmp_path):
+    from infinity.campaigns.embedded import EmbeddedCampaign, EmbeddedPlan
+    from infinity.options import SamplingDefaults
+    from infinity.pipeline import InfinityPipeline
+    from infinity.text import MiniLMTextEncoder
+    from infinity.transformer import Infinity
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    InfinityPipeline(BitwiseTokenizer(TINY.tokenizer).eval(), Infinity(TINY.transformer).eval(),
+                     MiniLMTextEncoder.from_pretrained(max_length=32), TINY.schedules, SamplingDefaults(cfg=2.0),
+                     "tiny", "cpu", torch.float32, examples=["a large red circle in the center"]).save_pretrained(folder)
+    plan = EmbeddedPlan(steps=4, batch_size=2, segment=2, folder=str(folder), run=str(tmp_path / "run"),
+                        counts=(2, 1, 0), open_prompts=2, seeds=2,
+                        flags=("--recipe", "shapes-tiny", "--lr", "1e-3", "--warmup-steps", "1",
+                               "--checkpoint-every", "1", "--no-progress"))
+    ledger = tmp_path / "ledger.jsonl"
+    EmbeddedCampaign(plan, ledger).run(minutes=30)
+    rows = read_rows(ledger)
+    assert [(r["kind"], r["step"]) for r in rows] == [("evaluation", 0), ("segment", 2), ("evaluation", 2),
+                                                      ("segment", 4), ("evaluation", 4)]
+    best = rows[0]["adherence_sum"]
+    for r in rows[2::2]:
+        assert set(r["adherence"]) == {"1", "2"} and len(r["seed_spread"]) == 2
+        assert r["shipped"] == (r["adherence_sum"] > best)
+        best = max(best, r["adherence_sum"]) if r["shipped"] else best
+    with safe_open(folder / "transformer.safetensors", "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == ({torch.float16} if any(r.get("shipped") for r in rows) else {torch.float32})
+    shutil.rmtree(plan.run)  # runs/ lost: the shipped model's step, or 0 when nothing shipped
+    shipped = [r["step"] for r in rows if r.get("shipped")]
+    assert EmbeddedCampaign(plan, ledger).position() == ((shipped[-1] if shipped else 0), False)

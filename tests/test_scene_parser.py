@@ -129,3 +129,15 @@ def test_inputs():
         parse_image(img[..., 0])
     with pytest.raises(ValueError, match="images for"):
         score([img], [scene, scene])
+
+
+def test_a_failure_caused_only_by_something_extra_is_told_apart():
+    from infinity.data.scene_parser import fails_only_by_extras
+
+    red, blue = ShapeObject("circle", "red", "large", "in the center"), ShapeObject("square", "blue", "small", "at the top")
+    both = parse_image(render(Scene((red, blue), "white"), 128, 128))
+    assert fails_only_by_extras(both, Scene((red,), "white"))  # red is right; the blue square is extra
+    assert not fails_only_by_extras(both, Scene((red, blue), "white"))  # a pass is no failure
+    wrong = Scene((ShapeObject("circle", "green", "large", "in the center"),))
+    assert not fails_only_by_extras(both, wrong)  # the asked object is not there
+    assert not fails_only_by_extras(both, Scene((red,), "black", name_background=True))  # wrong background

@@ -179,6 +179,7 @@ class TokenizerCampaign:
         """Segments until the deadline (none is started that the last one's duration says would overrun it)."""
         deadline = time.monotonic() + minutes * 60
         self.evaluate_shipped()
+        self._evaluate_if_level()  # a campaign stopped between its last segment and its evaluation
         last_wall: dict[int, float] = {}
         while True:
             positions = self.positions()
@@ -190,9 +191,19 @@ class TokenizerCampaign:
                 logger.info("deadline: stopping before %s", self.plan.run_name(bits))
                 return
             t0 = time.monotonic()
-            row = self.train_segment(bits)
+            self.train_segment(bits)
             last_wall[bits] = time.monotonic() - t0
-            steps = {b: run_position(self.plan, b, self.rows())[0] for b in self.plan.bits}
-            if len(set(steps.values())) == 1:  # all depths at the same point: compare them there
-                for b in self.plan.bits:
-                    self.evaluate_and_ship(b, row["step"])
+            self._evaluate_if_level()
+
+    def _evaluate_if_level(self) -> None:
+        """When every depth stands at the same step (from its checkpoint) and it is not scored yet: score them there."""
+        rows = self.rows()
+        positions = {b: run_position(self.plan, b, rows) for b in self.plan.bits}
+        steps = {step for step, _ in positions.values()}
+        if len(steps) != 1 or not all(from_checkpoint for _, from_checkpoint in positions.values()):
+            return
+        step = steps.pop()
+        for b in self.plan.bits:
+            if not any(r.get("run") == self.plan.run_name(b) and r.get("kind") == "evaluation" and r["step"] == step
+                       for r in rows):
+                self.evaluate_and_ship(b, step)

@@ -218,6 +218,19 @@ def scene_matches(parsed: ParsedScene, scene: Scene) -> bool:
     return sorted(parsed.objects, key=_sort_key) == sorted(scene.objects, key=_sort_key)
 
 
+def fails_only_by_extras(parsed: ParsedScene, scene: Scene) -> bool:
+    """Every object of the scene found exactly and the background right, yet something more is there (a stray
+    speck of another colour, a second shape): the failures of `scene_matches` that extra pixels alone cause."""
+    if scene.name_background and parsed.background != scene.background:
+        return False
+    found = list(parsed.objects)
+    for want in scene.objects:
+        if want not in found:
+            return False
+        found.remove(want)
+    return bool(found)
+
+
 ATTRIBUTES = ("position", "color", "shape", "size")
 
 

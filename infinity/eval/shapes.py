@@ -20,7 +20,14 @@ import torch
 from PIL import Image
 
 from ..data.objects import object_token_weights
-from ..data.scene_parser import ATTRIBUTES, ParsedScene, object_recall, parse_image, scene_matches
+from ..data.scene_parser import (
+    ATTRIBUTES,
+    ParsedScene,
+    fails_only_by_extras,
+    object_recall,
+    parse_image,
+    scene_matches,
+)
 from ..data.shapes import Scene, ShapesDataset, caption, held_out_scenes, render
 from ..images import psnr, to_tensor
 from ..schedules import Schedule
@@ -40,10 +47,12 @@ class Scores:
     passed: dict[int, int] = field(default_factory=dict)
     recall_sum: dict[int, dict[str, float]] = field(default_factory=dict)
     psnr_sum: dict[int, float] = field(default_factory=dict)
+    extras_only: dict[int, int] = field(default_factory=dict)  # failed only because something extra was there
 
     def add(self, n: int, parsed: ParsedScene, scene: Scene, psnr_db: float | None = None) -> None:
         self.total[n] = self.total.get(n, 0) + 1
         self.passed[n] = self.passed.get(n, 0) + int(scene_matches(parsed, scene))
+        self.extras_only[n] = self.extras_only.get(n, 0) + int(fails_only_by_extras(parsed, scene))
         sums = self.recall_sum.setdefault(n, dict.fromkeys(ATTRIBUTES, 0.0))
         for attribute, value in object_recall(parsed, scene).items():
             sums[attribute] += value
@@ -56,7 +65,8 @@ class Scores:
     def to_dict(self) -> dict:
         out = {}
         for n in sorted(self.total):
-            row = {"images": self.total[n], "passed": self.passed[n], "accuracy": round(self.accuracy(n), 4)}
+            row = {"images": self.total[n], "passed": self.passed[n], "accuracy": round(self.accuracy(n), 4),
+                   "failed_only_by_extras": self.extras_only[n]}
             row.update({a: round(v / self.total[n], 3) for a, v in self.recall_sum[n].items()})
             if n in self.psnr_sum:
                 row["psnr_db"] = round(self.psnr_sum[n] / self.total[n], 2)
@@ -65,10 +75,11 @@ class Scores:
 
     def table(self, title: str) -> str:
         has_psnr = bool(self.psnr_sum)
-        header = f"{'objects':>8} {'images':>7} {'passed':>7} {'accuracy':>9}" + "".join(f" {a:>8}" for a in ATTRIBUTES)
+        header = (f"{'objects':>8} {'images':>7} {'passed':>7} {'accuracy':>9} {'extras only':>11}"
+                  + "".join(f" {a:>8}" for a in ATTRIBUTES))
         lines = [title, header + (f" {'PSNR dB':>8}" if has_psnr else "")]
         for n, row in self.to_dict().items():
-            line = f"{n:>8} {row['images']:>7} {row['passed']:>7} {row['accuracy']:>9.3f}"
+            line = f"{n:>8} {row['images']:>7} {row['passed']:>7} {row['accuracy']:>9.3f} {row['failed_only_by_extras']:>11}"
             line += "".join(f" {row[a]:>8.3f}" for a in ATTRIBUTES)
             lines.append(line + (f" {row['psnr_db']:>8.2f}" if has_psnr else ""))
         return "\n".join(lines)
