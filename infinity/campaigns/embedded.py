@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_model, save_model
-from ..eval.diversity import mean_pixel_difference, open_background_scenes
-from ..eval.shapes import evaluate_pipeline, evaluation_scenes
 from ..data.shapes import caption
+from ..eval.diversity import mean_pixel_difference, open_background_scenes
+from ..eval.shapes import evaluate_pipeline, evaluation_scenes, teacher_forced_errors
 from .ledger import append_row, ledger_path, read_rows
 from .segment import command_line, run_segment
 
@@ -63,11 +63,15 @@ def scores_row(pipe, plan: EmbeddedPlan) -> dict:
     for n in sorted({len(s.objects) for s in scenes}):  # each count's scenes with seeds 0, 1, ...
         scores = evaluate_pipeline(pipe, [s for s in scenes if len(s.objects) == n])
         adherence[str(n)], extras_only[str(n)] = round(scores.accuracy(n), 3), scores.extras_only[n]
+    forced = {}
+    for n in sorted({len(s.objects) for s in scenes}):  # the share of object-token bits wrong at the last scale
+        forced[str(n)] = round(teacher_forced_errors(pipe, [s for s in scenes if len(s.objects) == n])[-1].object_bit_error, 4)
     spread = []
     for scene in open_background_scenes(plan.open_prompts):
         images = [np.asarray(pipe(caption(scene), seed=seed).image) for seed in range(plan.seeds)]
         spread.append(round(mean_pixel_difference(images), 2))
     return {"adherence": adherence, "adherence_sum": round(sum(adherence.values()), 3), "failed_only_by_extras": extras_only,
+            "teacher_forced_last_scale_object_bit_error": forced,
             "seed_spread": spread, "seed_spread_mean": round(float(np.mean(spread)), 2),
             "prompts_over_spread_target": sum(v >= SEED_SPREAD_TARGET for v in spread),
             "scenes": list(plan.counts), "open_prompts": plan.open_prompts, "seeds": plan.seeds}
@@ -122,7 +126,7 @@ class EmbeddedCampaign:
         result = run_segment(args, f"{plan.run}/train.log")
         if result.returncode != 0:
             raise RuntimeError(f"{command_line(args)} failed ({result.returncode}): see {plan.run}/train.log")
-        cpu_total = sum(r.get("cpu_s", 0.0) for r in self.rows() if r.get("kind") == "segment") + result.cpu_s
+        cpu_total = sum((r.get("cpu_s") or 0.0) for r in self.rows() if r.get("kind") == "segment") + result.cpu_s
         return append_row(self.ledger, {
             "run": plan.name, "kind": "segment", "step_from": step, "step": stop_at,
             "resumed_from": "checkpoint" if from_checkpoint else "shipped weights",

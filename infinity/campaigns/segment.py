@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+
 @dataclass(frozen=True)
 class SegmentResult:
     returncode: int

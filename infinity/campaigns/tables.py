@@ -11,7 +11,8 @@ def _evaluations(rows: list[dict], run: str) -> list[dict]:
 
 
 def _cpu_hours(rows: list[dict], run: str, step: int) -> float:
-    return sum(r["cpu_s"] for r in rows if r.get("run") == run and r.get("kind") == "segment" and r["step"] <= step) / 3600
+    segments = [r for r in rows if r.get("run") == run and r.get("kind") == "segment" and r["step"] <= step]
+    return sum(r.get("cpu_s") or 0.0 for r in segments) / 3600
 
 
 def tokenizers_table(root: str | Path = ".") -> str:
@@ -36,23 +37,32 @@ def tokenizers_table(root: str | Path = ".") -> str:
     return "\n".join(lines)
 
 
+def _per_count(values: dict | None, fmt: str) -> str:
+    return " / ".join(fmt.format(values[n]) for n in ("1", "2", "3") if n in values) if values else "-"
+
+
 def embedded_table(root: str | Path = ".") -> str:
     rows = read_rows(ledger_path("embedded", root))
     lines = ["| weights | step | campaign images | campaign CPU-hours | 1 object | 2 objects | 3 objects "
-             "| seed spread (mean, /255) | open prompts >= 8/255 |", "|---|---|---|---|---|---|---|---|---|"]
+             "| failed only by extras, 1/2/3 | teacher-forced error, 1/2/3 | seed spread (mean, /255) "
+             "| open prompts >= 8/255 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     evaluations = _evaluations(rows, "embedded-transformer")
     for r in evaluations:
         what = "shipped before the campaign" if r["weights"] == "shipped" else ("shipped" if r["shipped"] else "not shipped")
         a = r["adherence"]
         lines.append(f"| {what} | {r['step']} | {r.get('images_seen', 0):,} | {_cpu_hours(rows, 'embedded-transformer', r['step']):.2f} "
-                     f"| {a.get('1', 0):.2f} | {a.get('2', 0):.2f} | {a.get('3', 0):.2f} | {r['seed_spread_mean']:.1f} "
+                     f"| {a.get('1', 0):.2f} | {a.get('2', 0):.2f} | {a.get('3', 0):.2f} "
+                     f"| {_per_count(r.get('failed_only_by_extras'), '{}')} "
+                     f"| {_per_count(r.get('teacher_forced_last_scale_object_bit_error'), '{:.3f}')} "
+                     f"| {r['seed_spread_mean']:.1f} "
                      f"| {r['prompts_over_spread_target']} of {r['open_prompts']} |")
     if evaluations:
         r = evaluations[-1]
         lines.append("")
         lines.append(f"Held-out scenes: {r['scenes'][0]} / {r['scenes'][1]} / {r['scenes'][2]} of 1 / 2 / 3 objects at "
                      f"the defaults; seed spread over {r['seeds']} seeds of {r['open_prompts']} prompts that leave the "
-                     "background open.")
+                     "background open; teacher-forced error: the share of the last scale's object-token bits "
+                     "wrong given the true earlier scales.")
     return "\n".join(lines)
 
 

@@ -133,7 +133,7 @@ class TokenizerCampaign:
         return self.plan.start_images + step * self.plan.batch_size
 
     def _cpu_total(self, name: str) -> float:
-        return round(sum(r.get("cpu_s", 0.0) for r in self.rows() if r.get("run") == name and r.get("kind") == "segment"), 1)
+        return round(sum((r.get("cpu_s") or 0.0) for r in self.rows() if r.get("run") == name and r.get("kind") == "segment"), 1)
 
     def train_segment(self, bits: int) -> dict:
         """Train the run of `bits` to its next segment boundary; the ledger row."""
