@@ -37,6 +37,16 @@ def tokenizers_table(root: str | Path = ".") -> str:
     return "\n".join(lines)
 
 
+def shipped_embedded_evaluation(root: str | Path = ".") -> dict:
+    """The ledger's evaluation of the embedded model as shipped now: the last that shipped, else the first (the
+    model shipped before the campaign)."""
+    evaluations = _evaluations(read_rows(ledger_path("embedded", root)), "embedded-transformer")
+    if not evaluations:
+        raise ValueError("the embedded ledger has no evaluation yet")
+    shipped = [r for r in evaluations if r.get("shipped")]
+    return shipped[-1] if shipped else evaluations[0]
+
+
 def _per_count(values: dict | None, fmt: str) -> str:
     return " / ".join(fmt.format(values[n]) for n in ("1", "2", "3") if n in values) if values else "-"
 

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..campaigns.tables import embedded_table, tokenizers_table
+from ..campaigns.tables import embedded_table, shipped_embedded_evaluation, tokenizers_table
 from .blocks import Generator
 
 RESULTS = Path("benchmarks/results")
@@ -92,16 +92,16 @@ def weights_2b(root: Path) -> str:
 # ---- Evaluation (README) ----
 
 def evaluation(root: Path) -> str:
-    adherence = _load(root, RESULTS / "embedded_eval_adherence.json")["scores"]
+    """Adherence of the shipped embedded model (the campaign ledger's evaluation of it) and its tokenizer."""
+    shipped = shipped_embedded_evaluation(root)
     tokenizer = _load(root, RESULTS / "embedded_eval_tokenizer.json")["scores"]
-
-    def passed(s: dict) -> str:
-        return f"{s['passed']} of {s['images']}" + (f" ({s['accuracy']:.2f})" if s["passed"] else "")
-
     ns = ("1", "2", "3")
+    counts = dict(zip(ns, shipped["scenes"]))
     return "\n".join([
         "| | 1 object | 2 objects | 3 objects |", "|---|---|---|---|",
-        "| prompt adherence (defaults: cfg 2.5, tau 1.0) | " + " | ".join(passed(adherence[n]) for n in ns) + " |",
+        "| prompt adherence at the defaults (the campaign ledger's evaluation of the shipped model, "
+        f"step {shipped['step']}) | "
+        + " | ".join(f"{round(shipped['adherence'][n] * counts[n])} of {counts[n]}" for n in ns) + " |",
         "| tokenizer PSNR | " + " | ".join(f"{tokenizer[n]['psnr_db']:.1f} dB" for n in ns) + " |",
         "| the parser agrees with the ground truth on the tokenizer's reconstructions | "
         + " | ".join(f"{tokenizer[n]['accuracy']:.2f}" for n in ns) + " |",
@@ -306,6 +306,11 @@ def tokenizer_codecs(root: Path) -> str:
     return "\n".join(lines)
 
 
+def embedded_fp16_drift(root: Path) -> str:
+    drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
+    return f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of {drift['prompts']} prompts)"
+
+
 def tokenize_example(root: Path) -> str:
     """The README's `tokenize` example: PSNR after the first and the last scale (its psnr.json)."""
     rows = _load(root, RESULTS / "embedded_tokenize_scene.json")
@@ -313,7 +318,7 @@ def tokenize_example(root: Path) -> str:
 
 
 GENERATORS: dict[str, Generator] = {
-    "tokenize-example": tokenize_example,
+    "tokenize-example": tokenize_example, "embedded-fp16-drift": embedded_fp16_drift,
     "tokenizer-codecs": tokenizer_codecs,
     "ledger-tokenizers": tokenizers_table, "ledger-embedded": embedded_table,
     "performance": performance, "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
