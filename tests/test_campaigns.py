@@ -130,3 +130,15 @@ def test_embedded_campaign_scores_each_segment_and_ships_only_a_better_model(tmp
     shutil.rmtree(plan.run)  # runs/ lost: the shipped model's step, or 0 when nothing shipped
     shipped = [r["step"] for r in rows if r.get("shipped")]
     assert EmbeddedCampaign(plan, ledger).position() == ((shipped[-1] if shipped else 0), False)
+
+
+def test_the_gpu_script_parses_and_answers_bad_use_with_its_usage():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu_tokenizers.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    for argv in ([], ["run"], ["collect"], ["fly"]):
+        bad = subprocess.run(["bash", str(script), *argv], capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.startswith("usage: benchmarks/gpu_tokenizers.sh"), argv

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--minutes", type=float, required=True, help="start no segment that would end after this")
         p.add_argument("--threads", type=int, default=1, help="CPU threads of the trainer (default: %(default)s)")
+    tok = sub.choices["tokenizers"]
+    tok.add_argument("--data", default=TokenizerPlan.data, help="training images (default: %(default)s)")
+    tok.add_argument("--heldout", default=TokenizerPlan.heldout, help="held-out photographs (default: %(default)s)")
     t = sub.add_parser("table", help="print a campaign's markdown table, built from its ledger")
     t.add_argument("campaign", choices=sorted(TABLES))
     return parser
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.minutes <= 0 or args.threads < 1:
             raise ValueError("--minutes must be > 0 and --threads >= 1")
         if args.command == "tokenizers":
-            campaign = TokenizerCampaign(TokenizerPlan(), threads=args.threads)
+            campaign = TokenizerCampaign(TokenizerPlan(data=args.data, heldout=args.heldout), threads=args.threads)
         else:
             campaign = EmbeddedCampaign(EmbeddedPlan(), threads=args.threads)
         campaign.run(args.minutes)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 from pathlib import Path
+
+from ..precision import cpu_model
 
 RESULTS = Path("benchmarks/results")
 
@@ -39,18 +40,3 @@ def append_row(path: str | Path, row: dict) -> dict:
         f.write(json.dumps(row) + "\n")
     return row
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def latest(rows: list[dict], run: str, key: str = "step") -> dict | None:
-    """The last row of `run` that has `key`."""
-    found = [r for r in rows if r.get("run") == run and r.get(key) is not None]
-    return found[-1] if found else None
