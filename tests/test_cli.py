@@ -182,3 +182,10 @@ def test_generate_official_model_offline_without_weights_is_one_line(tmp_path):
     )
     assert result.returncode == 2 and result.stderr.startswith("error: Infinity-2B weights not found: ")
     assert "INFINITY_WEIGHTS_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_command_line_does_not_import_the_app():
+    """The library must not depend on its UI: importing the CLI module loads no `infinity.app` module."""
+    code = "import sys, infinity.__main__; print(sorted(m for m in sys.modules if m.startswith('infinity.app')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
