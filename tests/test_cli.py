@@ -159,7 +159,7 @@ def test_generate_writes_the_image_and_every_scale(tmp_path, tiny_model_dir):
         (["--seed", "-1"], "seed must be an integer in [0, 2**53 - 1]"),
         (["--out", "cube.txt"], "unknown image format '.txt'"),
         (["--device", "toaster"], "unknown device"),
-        (["--model", "nowhere"], "nowhere: neither a model name (infinity-2b, infinity-8b) nor a model folder"),
+        (["--model", "nowhere"], "nowhere: neither a model name (infinity-125m, infinity-2b, infinity-8b) nor a model folder"),
     ],
 )
 def test_generate_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, args, message):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..official import OFFICIAL_MODELS
 from ..pipeline import InfinityPipeline
 
 logger = logging.getLogger(__name__)
@@ -73,10 +74,13 @@ def warm_up(pipe: InfinityPipeline, scales: int = 2) -> float:
 
 
 def banner(pipe: InfinityPipeline, model: str | None) -> str:
-    """Which model runs on which device, in one Markdown line."""
+    """Which model runs on which device at which resolution, in one Markdown line."""
     dtype = str(pipe.dtype).removeprefix("torch.")
+    title = OFFICIAL_MODELS[pipe.name].title if pipe.name in OFFICIAL_MODELS else pipe.name
     H, W = max((s.pixel_hw for s in pipe.schedules.values()), key=lambda hw: hw[0] * hw[1])
+    square = pipe.schedules.get("1:1")
+    resolution = f"{square.pixel_hw[1]}x{square.pixel_hw[0]} px at 1:1, " if square is not None else ""
     return (
-        f"Model **{pipe.name}** ({model_label(model)}) on **{pipe.device_name}** ({dtype}) · "
-        f"{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
+        f"Model **{title}** ({model_label(model)}) on **{pipe.device_name}** ({dtype}) · "
+        f"{resolution}{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
     )
