@@ -143,3 +143,19 @@ def test_one_image_end_to_end_from_the_released_name(official_dir, monkeypatch):
     out = pipe("a red fox in the snow", seed=0)
     assert out.image.size == (256, 256) and out.image.mode == "RGB"
     assert [tuple(b.shape) for b in out.bits] == [(1, n, n, 16) for n in (1, 2, 4, 6, 8, 12, 16)]
+
+
+def test_the_space_size_estimates_are_those_of_the_shapes():
+    """docs/released-models.md quotes benchmarks/results/infinity125m_space_sizes.json: it must be what the
+    script computes now from the manifests and Flan-T5-XL's configuration."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("space_sizes", root / "benchmarks" / "space_sizes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recorded = json.loads((root / "benchmarks" / "results" / "infinity125m_space_sizes.json").read_text())
+    assert recorded == json.loads(json.dumps(module.sizes()))
+    files = recorded["files"]
+    assert files["FoundationVision/Infinity infinity_125M_256x256.pth"]["values"] == 125_168_000
