@@ -21,4 +21,4 @@ python -m infinity.bench --preset infinity-125m --device cpu --runs 3 --warmup 1
 python -m infinity.bench --preset infinity-125m --device cpu --runs 3 --warmup 1 --threads 2 --dtype int8 --outputs runs/125m_int8.npz --json "$out/infinity125m_cpu_int8.json"
 python -m infinity.bench.compare runs/125m_fp32.npz runs/125m_int8.npz --json "$out/infinity125m_int8_vs_fp32.json"
 # What a Space serving it downloads first (estimates from parameter counts).
-python benchmarks/space_sizes.py --json "$out/infinity125m_space_sizes.json"
+PYTHONPATH=. python benchmarks/space_sizes.py --json "$out/infinity125m_space_sizes.json"

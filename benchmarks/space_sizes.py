@@ -1,6 +1,6 @@
 """What a Space serving Infinity-125M downloads on its first start, estimated from parameter counts (no download).
 
-    python benchmarks/space_sizes.py --json benchmarks/results/infinity125m_space_sizes.json
+    PYTHONPATH=. python benchmarks/space_sizes.py --json benchmarks/results/infinity125m_space_sizes.json
 
 Sizes are the values of each file's tensors at 4 bytes (float32, the dtype the official constructors build; the
 released files' stored dtypes were not checked here): the transformer and the tokenizer from the key/shape
