@@ -22,8 +22,9 @@ from reference_cases import Case, Checker, discover, official_tokenizer, self_co
 TRANSFORMER_CASES = discover("transformer")
 
 
-def transformer_config(meta: dict, s: int) -> TransformerConfig:
-    """Our config for the official Infinity constructor arguments recorded in a case; s: its spatial patch."""
+def transformer_config(case: Case) -> TransformerConfig:
+    """Our config for the official Infinity constructor arguments recorded in a case."""
+    meta, s = case.meta, case.spatial_patch
     kw = meta["model"]["constructor_kwargs"]
     # Flags of the released models that our architecture hard-wires.
     assert kw["shared_aln"] and kw["add_lvl_embeding_only_first_block"] == 1 and kw["use_bit_label"] == 1
@@ -48,7 +49,7 @@ def load_model(case: Case) -> Infinity:
     official = case.weights("model.")
     key_map = partial(official_transformer_key, blocks_per_chunk=official_blocks_per_chunk(official))
     state_dict = {key_map(k): v for k, v in official.items() if key_map(k) is not None}
-    model = Infinity(transformer_config(case.meta, case.spatial_patch))
+    model = Infinity(transformer_config(case))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
