@@ -1,4 +1,5 @@
-"""The released models ("infinity-125m", "infinity-2b", "infinity-8b") mapped to our names, and where their weight files are found.
+"""The released models ("infinity-125m", "infinity-2b", "infinity-8b") mapped to our names, and where their weight
+files are found.
 
 `OFFICIAL_MODELS` gives each released model its architectures (our presets), the names of its weight files in
 the Hugging Face repo FoundationVision/Infinity, its text encoder (Flan-T5-XL), the pixel budget of the official

@@ -135,9 +135,10 @@ def write_patchify_case(out_dir: Path) -> Case:
                   rope2d_normalized_by_hw=2, apply_spatial_patchify=1, depth=TRANSFORMER.depth,
                   embed_dim=TRANSFORMER.width, num_heads=TRANSFORMER.num_heads, drop_path_rate=0.1, mlp_ratio=4,
                   block_chunks=TRANSFORMER.depth)
-    vae_args = dict(codebook_dim=D, base_ch=TOKENIZER.base_channels, encoder_ch_mult=list(TOKENIZER.channel_multipliers),
-                    decoder_ch_mult=list(TOKENIZER.channel_multipliers), num_res_blocks=TOKENIZER.num_res_blocks,
-                    patch_size=TOKENIZER.patch_size, quantizer_type="MultiScaleBSQ", new_quant=True)
+    mult = list(TOKENIZER.channel_multipliers)
+    vae_args = dict(codebook_dim=D, base_ch=TOKENIZER.base_channels, encoder_ch_mult=mult, decoder_ch_mult=mult,
+                    num_res_blocks=TOKENIZER.num_res_blocks, patch_size=TOKENIZER.patch_size,
+                    quantizer_type="MultiScaleBSQ", new_quant=True)
     meta = {
         "case": folder.name, "kind": "transformer", "what": "written by our own code (tests/synthetic_cases.py)",
         "model": {"constructor_kwargs": kwargs, "derived": {"d_vae": S * S * D, "V": 2 * S * S * D}},

@@ -39,7 +39,8 @@ def official_dir(tmp_path_factory, transformer_state_dict):
 
 
 def test_the_released_model_names_the_files_the_official_scripts_pair():
-    assert (TRANSFORMER_FILE, TOKENIZER_FILE, MODEL.budget) == ("infinity_125M_256x256.pth", "infinity_vae_d16.pth", "0.06M")
+    assert (TRANSFORMER_FILE, TOKENIZER_FILE) == ("infinity_125M_256x256.pth", "infinity_vae_d16.pth")
+    assert MODEL.budget == "0.06M"
     assert MODEL.transformer.bits == MODEL.tokenizer.bits == 16 and MODEL.transformer.vocab == 32
 
 
@@ -49,7 +50,8 @@ def test_the_released_model_names_the_files_the_official_scripts_pair():
 def test_the_official_layout_loads_key_for_key(official_dir, transformer_state_dict):
     model = load_official_transformer(official_dir / TRANSFORMER_FILE, MODEL.transformer, tokenizer_file=TOKENIZER_FILE)
     ours = model.state_dict()
-    assert torch.equal(ours["blocks.11.ffn.fc2.weight"], transformer_state_dict["block_chunks.3.module.2.ffn.fc2.weight"])
+    official = transformer_state_dict
+    assert torch.equal(ours["blocks.11.ffn.fc2.weight"], official["block_chunks.3.module.2.ffn.fc2.weight"])
     assert torch.equal(ours["text_pool.mat_q"], transformer_state_dict["text_proj_for_sos.ca.mat_q"])
 
 
@@ -104,7 +106,8 @@ def test_a_truncated_file_is_named(tmp_path, official_dir):
     data = (official_dir / TRANSFORMER_FILE).read_bytes()
     (tmp_path / TRANSFORMER_FILE).write_bytes(data[: len(data) // 2])
     message = _pipeline_error(tmp_path)
-    assert message.startswith(f"{tmp_path / TRANSFORMER_FILE}: not a readable PyTorch checkpoint (truncated or corrupt?)")
+    path = tmp_path / TRANSFORMER_FILE
+    assert message.startswith(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?)")
 
 
 @pytest.mark.parametrize("obj", [[torch.zeros(2)], {"step": 3, "note": "no tensors"}, {}])

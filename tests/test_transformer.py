@@ -157,7 +157,11 @@ def test_official_key_mapping():
     assert official_blocks_per_chunk(["block_chunks.0.module.0.ada_gss", "block_chunks.0.module.4.ada_gss"]) == 5
 
 
-MANIFESTS = {"infinity-125m": "infinity_125m.json", "infinity-2b": "infinity_2b.json", "infinity-8b": "infinity_8b.json"}
+MANIFESTS = {
+    "infinity-125m": "infinity_125m.json",
+    "infinity-2b": "infinity_2b.json",
+    "infinity-8b": "infinity_8b.json",
+}
 
 
 def test_every_preset_has_a_manifest():
