@@ -2,7 +2,7 @@
 self-correction, tokenize an image, make variations from scale k.
 
     python app.py                            # the embedded model, on http://127.0.0.1:7860
-    python app.py --model infinity-2b        # a released model (or INFINITY_MODEL=infinity-2b); or a model folder
+    python app.py --model infinity-125m      # a released model (or INFINITY_MODEL=infinity-125m); or a model folder
 
 This file only lays out the UI and wires it to a pipeline (`build_demo(pipe)`, so tests can build it with any
 pipeline); the callbacks are in infinity/app/handlers.py. Heavy modules (torch, gradio) are imported inside
@@ -276,8 +276,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve Infinity's interactive app.")
     parser.add_argument("--model", default=os.environ.get("INFINITY_MODEL") or None,
-                        help="infinity-2b, infinity-8b or a model folder (default: $INFINITY_MODEL, else the "
-                             "embedded model)")
+                        help="infinity-125m (CPU-sized), infinity-2b, infinity-8b or a model folder (default: "
+                             "$INFINITY_MODEL, else the embedded model)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only)")

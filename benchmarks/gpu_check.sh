@@ -11,6 +11,7 @@
 #                offload) and the CPU-side GPU-path tests
 #   eager        Infinity-2B, 1024x1024 (1M budget, 13 scales), bf16, random weights: median of 10 after 2 warm-up,
 #                peak memory, per-stage times (python -m infinity.bench)
+#   125m         Infinity-125M, 256x256 (its 0.06M budget, 7 scales), bf16, random weights: the same figures
 #   compile      the same with every block under torch.compile (Inductor), 5 runs after 2 warm-up
 #   cudagraphs   the same with torch.compile mode="reduce-overhead" (CUDA graphs)
 #   official     the side-by-side with the official code (benchmarks/h100_vs_official.py; needs the official code
@@ -33,12 +34,14 @@ start=$SECONDS
 if [[ $dry_run == 1 ]]; then
     # The tiny model on the CPU, one run each; torch.compile is switched off (Inductor on a CPU takes minutes).
     model=(--preset shapes-tiny --device cpu --threads 1)
+    small_model=("${model[@]}")
     eager=(--runs 1 --warmup 0)
     compiled=(--runs 1 --warmup 0)
     tests=(tests/test_cuda.py)  # all skipped without a GPU: proves they collect
     export TORCH_COMPILE_DISABLE=1
 else
     model=(--preset infinity-2b --device cuda --dtype bf16 --budget 1M)
+    small_model=(--preset infinity-125m --device cuda --dtype bf16)
     eager=(--runs 10 --warmup 2)
     compiled=(--runs 5 --warmup 2)
     tests=(tests/test_cuda.py tests/test_attention.py tests/test_gpu_path.py tests/test_speed_precision.py)
@@ -74,6 +77,7 @@ print(info)
 EOF
 step tests 60 python -m pytest -q -p no:cacheprovider "${tests[@]}" --junitxml "$out/tests.xml"
 step eager 80 python -m infinity.bench "${model[@]}" "${eager[@]}" --json "$out/eager.json"
+step 125m 40 python -m infinity.bench "${small_model[@]}" "${eager[@]}" --json "$out/125m.json"
 step compile 90 python -m infinity.bench "${model[@]}" "${compiled[@]}" --compile default --json "$out/compile.json"
 step cudagraphs 90 python -m infinity.bench "${model[@]}" "${compiled[@]}" --compile reduce-overhead \
     --json "$out/cudagraphs.json"

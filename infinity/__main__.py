@@ -23,13 +23,14 @@ from urllib.parse import urlparse
 import torch
 from PIL import Image
 
-from .app.tokenizers import Codec
 from .checkpoints import CheckpointError, load_model, load_official_tokenizer
 from .images import fit, open_image, psnr, to_pil, to_tensor
 from .official import OFFICIAL_MODELS, OFFICIAL_REPO, WEIGHTS_DIR_ENV
 from .options import check_inputs
 from .pipeline import InfinityPipeline
-from .schedules import ASPECT_RATIOS, BUDGETS, Schedule, get_schedule, parse_aspect_ratio, shapes_schedules
+from .schedules import (
+    ASPECT_RATIOS, BUDGETS, Schedule, get_schedule, nearest_schedule, parse_aspect_ratio, shapes_schedules,
+)
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,9 @@ def tokenize(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.preset, args.weights).to(device)
     if official or args.budget:
         schedule = _schedule(h_div_w, args.budget or "0.06M", tok.config.patch_size)
-    else:  # the app's schedules (see infinity/app/tokenizers.py): the same image gets the same size in both
-        codec = Codec(str(args.weights), tok, shapes_schedules(tok.config.patch_size))
-        schedule = codec.schedules[codec.nearest(h_div_w)]
+    else:  # the app's schedules and resize rule: the same image gets the same size in both
+        schedules = shapes_schedules(tok.config.patch_size)
+        schedule = schedules[nearest_schedule(schedules, h_div_w)]
     x = to_tensor(fit(img, schedule.pixel_hw)).to(device)
 
     codes = tok.encode_scales(x, schedule.scales)

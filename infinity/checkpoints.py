@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .precision import cast_blocks_
+from .schedules import OFFICIAL_PATCH_SIZE
 from .tokenizer import TOKENIZER_PRESETS, BitwiseTokenizer, TokenizerConfig
 from .transformer import TRANSFORMER_PRESETS, Infinity, TransformerConfig
 
@@ -268,15 +269,47 @@ def load_official_tokenizer(path: str | os.PathLike, config: TokenizerConfig | s
     return model.eval().requires_grad_(False)
 
 
+def tokenizer_files_for(token_bits: int) -> list[str]:
+    """The released tokenizer files whose transformer tokens carry `token_bits` bits: d bits per latent cell, or
+    s*s*d when the transformer's 16-pixel token is an s x s patch of cells (Infinity-8B's 8-pixel tokenizer)."""
+    files = []
+    for preset in TOKENIZER_PRESETS.values():
+        s = OFFICIAL_PATCH_SIZE // preset.config.patch_size
+        if s * s * preset.config.bits == token_bits:
+            files.append(preset.weight_file)
+    return files
+
+
+def check_head_width(state_dict: Mapping[str, torch.Tensor], config: TransformerConfig, path, tokenizer_file) -> None:
+    """CheckpointError when the checkpoint's head (2 logits per bit) was trained for another tokenizer than the
+    one chosen, naming the tokenizer file the checkpoint needs; otherwise the weights would fail to load with a
+    shape mismatch that does not say why, or (an index head) sample nonsense."""
+    head = state_dict.get("head.weight")
+    if head is None or head.ndim != 2 or head.shape[0] == config.vocab:
+        return  # no head: load_into names the missing key
+    bits = head.shape[0] // 2
+    needed = tokenizer_files_for(bits) if head.shape[0] % 2 == 0 else []
+    chosen = f"the chosen tokenizer ({tokenizer_file})" if tokenizer_file else "the chosen tokenizer"
+    raise CheckpointError(
+        f"{path}: its head has {head.shape[0]} outputs, 2 per bit, so it predicts {bits} bits per token; "
+        f"{chosen} gives {config.bits}. This checkpoint needs "
+        + (f"the tokenizer file {' or '.join(needed)}" if needed else f"a tokenizer of {bits} bits per token")
+    )
+
+
 def load_official_transformer(
-    path: str | os.PathLike, config: TransformerConfig | str, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike,
+    config: TransformerConfig | str,
+    dtype: torch.dtype = torch.float32,
+    tokenizer_file: str | None = None,
 ) -> Infinity:
     """A released transformer in eval mode: one `.pth` (`infinity_2b_reg.pth`: a plain state dict; a full
     training checkpoint keeps it under trainer/gpt_fsdp) or a sharded directory (`infinity_8b_weights/`).
 
     `config` is a TransformerConfig or a preset name from TRANSFORMER_PRESETS. `dtype`: of the blocks' parameters,
     the rest fp32 (the official bf16 scheme, `precision.cast_blocks_`); each tensor is converted once while
-    loading, straight from the file to its dtype (bfloat16 halves the 8B model's 33 GB).
+    loading, straight from the file to its dtype (bfloat16 halves the 8B model's 33 GB). `tokenizer_file`: the
+    tokenizer chosen to go with it, named when the checkpoint's head needs another (`check_head_width`).
     """
     if isinstance(config, str):
         if config not in TRANSFORMER_PRESETS:
@@ -292,8 +325,10 @@ def load_official_transformer(
         if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
             obj = obj["trainer"]
         state_dict = _tensor_dict(obj, path, entries=("gpt_fsdp",))
+    state_dict = official_transformer_state_dict(state_dict)
+    check_head_width(state_dict, config, path, tokenizer_file)
     model = cast_blocks_(empty_model(Infinity, config), dtype)
-    load_into(model, official_transformer_state_dict(state_dict), path)
+    load_into(model, state_dict, path)
     return model.eval().requires_grad_(False)
 
 

@@ -1,4 +1,5 @@
-"""The released models ("infinity-2b", "infinity-8b") mapped to our names, and where their weight files are found.
+"""The released models ("infinity-125m", "infinity-2b", "infinity-8b") mapped to our names, and where their weight
+files are found.
 
 `OFFICIAL_MODELS` gives each released model its architectures (our presets), the names of its weight files in
 the Hugging Face repo FoundationVision/Infinity, its text encoder (Flan-T5-XL), the pixel budget of the official
@@ -52,7 +53,18 @@ class OfficialModel:
 # Defaults: cfg and tau of the official notebooks (tools/interactive_infer.ipynb for 2B, as predict.py;
 # tools/interactive_infer_8b.ipynb for 8B; scripts/infer.sh runs 2B at cfg 4), top_k and top_p of gen_one_img
 # in tools/run_infinity.py (top_k=900 is a no-op over the 2 values of a bit). All run in bf16 on the GPU.
+# Infinity-125M (256x256) has no settings of its own in the official scripts: it takes 2B's.
 OFFICIAL_MODELS: dict[str, OfficialModel] = {
+    "infinity-125m": OfficialModel(
+        title="Infinity-125M",
+        tokenizer=TOKENIZER_PRESETS["infinity-vae-d16"].config,
+        tokenizer_file=TOKENIZER_PRESETS["infinity-vae-d16"].weight_file,
+        transformer=TRANSFORMER_PRESETS["infinity-125m"],
+        transformer_weights="infinity_125M_256x256.pth",
+        sharded=False,
+        defaults=SamplingDefaults(cfg=3.0, tau=0.5, top_k=900, top_p=0.97),
+        budget="0.06M",
+    ),
     "infinity-2b": OfficialModel(
         title="Infinity-2B",
         tokenizer=TOKENIZER_PRESETS["infinity-vae-d32reg"].config,
@@ -155,5 +167,7 @@ def load_official(
     tokenizer = load_official_tokenizer(paths[model.tokenizer_file], model.tokenizer)
     # Built on the meta device and given the file's (memory-mapped) tensors converted once to `dtype`, so the
     # pipeline moves that one copy to the device.
-    transformer = load_official_transformer(paths[model.transformer_weights], model.transformer, dtype)
+    transformer = load_official_transformer(
+        paths[model.transformer_weights], model.transformer, dtype, tokenizer_file=model.tokenizer_file
+    )
     return tokenizer, transformer

@@ -185,3 +185,16 @@ def shapes_schedules(patch_size: int = SHAPES_PATCH) -> dict[str, Schedule]:
     landscape = [(1, 1), (2, 3), (4, 6), (6, 9), (8, 12), (12, 18), (16, 24)]
     grids = {"1:1": square, "3:2": landscape, "2:3": [(w, h) for h, w in landscape]}
     return {name: Schedule(tuple(g), patch_size, round(g[-1][0] / g[-1][1], 3)) for name, g in grids.items()}
+
+
+def nearest_schedule(schedules: dict[str, Schedule], h_div_w: float) -> str:
+    """The name of the schedule whose image is nearest in shape to `h_div_w` (height / width), in log ratio: the
+    resize rule the app and `python -m infinity tokenize` share, so both give an image the same size."""
+    if not schedules or not h_div_w > 0:
+        raise ValueError(f"need at least one schedule and a positive height / width, got {h_div_w!r}")
+
+    def distance(name: str) -> float:
+        H, W = schedules[name].pixel_hw
+        return abs(math.log((H / W) / h_div_w))
+
+    return min(schedules, key=distance)

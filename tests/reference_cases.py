@@ -49,7 +49,24 @@ class Case:
 
     @property
     def scales(self) -> list[tuple[int, int]]:
+        """The transformer's token grids (`scale_schedule`)."""
         return [(h, w) for _, h, w in self.meta["scale_schedule"]]
+
+    @property
+    def latent_scales(self) -> list[tuple[int, int]]:
+        """The tokenizer's grids (`vae_scale_schedule`; the token grids when the case records none)."""
+        return [(h, w) for _, h, w in self.meta.get("vae_scale_schedule", self.meta["scale_schedule"])]
+
+    @property
+    def spatial_patch(self) -> int:
+        """s: latent cells per token side, read off the two schedules (2 for a case of the 8B layout, where
+        `apply_spatial_patchify` is set; 1 otherwise)."""
+        ratios = {(H / h, W / w) for (h, w), (H, W) in zip(self.scales, self.latent_scales, strict=True)}
+        assert len(ratios) == 1, f"{self.name}: the latent grids are no fixed multiple of the token grids: {ratios}"
+        s, s_w = ratios.pop()
+        assert s == s_w and s.is_integer(), f"{self.name}: latent grids {s}x{s_w} the token grids"
+        assert (s > 1) == bool(self.meta.get("apply_spatial_patchify", 0)), f"{self.name}: apply_spatial_patchify"
+        return int(s)
 
     def spec(self, key: str) -> dict:
         return self.meta["tensors"][key]

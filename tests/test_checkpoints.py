@@ -161,7 +161,7 @@ def _transformer_case():
     from test_transformer_parity import TRANSFORMER_CASES, transformer_config
 
     case = TRANSFORMER_CASES[0]
-    return case, transformer_config(case.meta)
+    return case, transformer_config(case)
 
 
 def test_official_transformer_file_loads(tmp_path):
@@ -174,7 +174,8 @@ def test_official_transformer_file_loads(tmp_path):
     assert torch.equal(model.blocks[1].ffn.fc2.bias, case.weights("model.")["block_chunks.1.module.0.ffn.fc2.bias"])
     torch.save({"trainer": {"gpt_fsdp": case.weights("model.")}}, path)  # a full training checkpoint
     load_official_transformer(path, config)
-    with pytest.raises(CheckpointError, match="shape mismatches"):
+    with pytest.raises(CheckpointError, match="predicts 16 bits per token; the chosen tokenizer gives 32. This "
+                                              "checkpoint needs the tokenizer file infinity_vae_d16.pth"):
         load_official_transformer(path, "infinity-2b")
 
 
@@ -293,9 +294,13 @@ def test_sharded_checkpoint_errors(tmp_path, random_model):
     msg = str(e.value)
     assert str(index.parent) in msg
     assert "1 missing keys: blocks.2.ffn.fc1.bias" in msg and "1 unexpected keys: blocks.0.extra" in msg
-    with pytest.raises(CheckpointError, match=r"3 shape mismatches: .*word_embed.weight: file \(64, 8\) vs model"):
+    with pytest.raises(CheckpointError, match=r"its head has 16 outputs, 2 per bit, so it predicts 8 bits per token; "
+                                              r"the chosen tokenizer gives 32"):
         load_official_transformer(_save_shards(tmp_path / "ok", _official_state_dict(random_model)).parent,
                                   TransformerConfig(**{**SHARDED.to_dict(), "bits": 32}))
+    wider_ffn = TransformerConfig(**{**SHARDED.to_dict(), "mlp_ratio": 8})
+    with pytest.raises(CheckpointError, match=r"12 shape mismatches: blocks.0.ffn.fc1.weight: file \(256, 64\) vs"):
+        load_official_transformer(index.parent.parent / "ok", wider_ffn)
 
     # The index and the shards disagree, or a shard is gone.
     index = _save_shards(tmp_path / "broken", _official_state_dict(random_model))

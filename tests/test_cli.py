@@ -159,7 +159,7 @@ def test_generate_writes_the_image_and_every_scale(tmp_path, tiny_model_dir):
         (["--seed", "-1"], "seed must be an integer in [0, 2**53 - 1]"),
         (["--out", "cube.txt"], "unknown image format '.txt'"),
         (["--device", "toaster"], "unknown device"),
-        (["--model", "nowhere"], "nowhere: neither a model name (infinity-2b, infinity-8b) nor a model folder"),
+        (["--model", "nowhere"], "nowhere: neither a model name (infinity-125m, infinity-2b, infinity-8b) nor a model folder"),
     ],
 )
 def test_generate_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, args, message):
@@ -182,3 +182,10 @@ def test_generate_official_model_offline_without_weights_is_one_line(tmp_path):
     )
     assert result.returncode == 2 and result.stderr.startswith("error: Infinity-2B weights not found: ")
     assert "INFINITY_WEIGHTS_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_command_line_does_not_import_the_app():
+    """The library must not depend on its UI: importing the CLI module loads no `infinity.app` module."""
+    code = "import sys, infinity.__main__; print(sorted(m for m in sys.modules if m.startswith('infinity.app')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,12 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from infinity.checkpoints import map_official, official_tokenizer_key
 from infinity.sampling import Intervention, filter_logits, sample_image, sample_scales
 from infinity.schedules import Schedule
 from infinity.tokenizer import BitwiseTokenizer, TokenizerConfig
 from infinity.transformer import Infinity, TransformerConfig
-from reference_cases import Case, Checker, discover, tokenizer_config
+from infinity.tokenizer.model import patchify_bits
+from reference_cases import Case, Checker, discover, official_tokenizer
 from test_transformer_parity import load_model, padded_text, schedule_of
 
 TRANSFORMER_CASES = discover("transformer")
@@ -57,13 +57,6 @@ def same_bits(a, b) -> bool:
 # ---- parity with the official autoregressive_infer_cfg ----
 
 
-def _official_tokenizer(case: Case) -> BitwiseTokenizer:
-    vae_case = case.sibling(case.meta["vae_case"])
-    tokenizer = BitwiseTokenizer(tokenizer_config(vae_case.meta))
-    tokenizer.load_state_dict(map_official(vae_case.weights("vae."), official_tokenizer_key), strict=True)
-    return tokenizer.eval()
-
-
 def _official_image(img_B3HW: torch.Tensor) -> torch.Tensor:
     """The official return format: ((x+1)/2)*255 truncated to uint8, HWC, BGR."""
     return ((img_B3HW + 1) / 2).permute(0, 2, 3, 1).mul(255).to(torch.uint8).flip(dims=(3,))
@@ -72,11 +65,13 @@ def _official_image(img_B3HW: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("case", TRANSFORMER_CASES, ids=lambda c: c.name)
 @torch.no_grad()
 def test_sampler_parity_with_teacher_bits(case: Case):
-    t, call, check = case.tensors, case.meta["infer_call"], Checker(case)
-    model, tokenizer, schedule = load_model(case), _official_tokenizer(case), schedule_of(case)
+    t, call, check, s = case.tensors, case.meta["infer_call"], Checker(case), case.spatial_patch
+    model, tokenizer, schedule = load_model(case), official_tokenizer(case.vae_case()), schedule_of(case)
     text_BTE, lens_B = padded_text(case)
     K = schedule.num_scales
-    teacher = [t[f"gt_bits_s{k}"].squeeze(1) for k in range(K)]  # (B, 1, h, w, d) -> (B, h, w, d)
+    # Teacher bits are recorded in the tokenizer's layout (B, 1, s*h, s*w, d); the sampler takes and gives them
+    # per transformer token (B, h, w, s*s*d).
+    teacher = [patchify_bits(t[f"gt_bits_s{k}"].squeeze(1), s) for k in range(K)]
 
     def events(prefix):
         return sample_scales(
@@ -91,7 +86,7 @@ def test_sampler_parity_with_teacher_bits(case: Case):
         check(f"infer_logits_cfg_s{k}", event.logits_BlV)
         check(f"infer_summed_codes_s{k}", event.F_BdHW.unsqueeze(2))
         if not event.is_last:
-            check(f"infer_next_input_s{k}", tokenizer.next_scale_input(event.F_BdHW, schedule.scales[k + 1]))
+            check(f"infer_next_input_s{k}", tokenizer.next_scale_input(event.F_BdHW, schedule.scales[k + 1], s))
     check("infer_decode_in", event.F_BdHW)
     check("infer_img_uint8", _official_image(event.image_B3HW))
 
@@ -105,7 +100,8 @@ def test_sampler_parity_with_teacher_bits(case: Case):
         assert torch.equal(event.bits_Bhwd.flatten(1, 2), drawn), f"scale {k}: seeded draws differ"
     check.assert_ok()
     # The rest is covered by the transformer parity tests (raw logits, cond_BD, forward) and the tokenizer's.
-    assert not check.uncovered(skip=r"model\.|text_|raw_features|x_BLC|gt_bits|fwd_|infer_cond_BD|infer_logits_raw")
+    covered_elsewhere = r"model\.|text_|raw_features|x_BLC|gt_bits|gt_idx|fwd_|infer_cond_BD|infer_logits_raw"
+    assert not check.uncovered(skip=covered_elsewhere)
 
 
 # ---- the event stream ----

@@ -10,8 +10,10 @@ from infinity.schedules import (
     Schedule,
     get_schedule,
     largest_grid,
+    nearest_schedule,
     nearest_template,
     parse_aspect_ratio,
+    shapes_schedules,
 )
 from reference_cases import FIXTURES
 
@@ -81,3 +83,14 @@ def test_custom_schedule_for_small_models():
         Schedule(scales=[(0, 1), (2, 2)])
     with pytest.raises(ValueError, match="at least one"):
         Schedule(scales=[])
+
+
+def test_nearest_schedule_is_the_shared_resize_rule():
+    schedules = shapes_schedules(8)  # 128x128, 128x192 (3:2), 192x128 (2:3)
+    assert nearest_schedule(schedules, 1.0) == "1:1"
+    assert nearest_schedule(schedules, 0.5) == "3:2"  # a wide image
+    assert nearest_schedule(schedules, 1.9) == "2:3"  # a tall one
+    with pytest.raises(ValueError, match="positive"):
+        nearest_schedule(schedules, 0.0)
+    with pytest.raises(ValueError, match="at least one schedule"):
+        nearest_schedule({}, 1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["env", "tests", "eager", "compile", "cudagraphs", "official"]
+STEPS = ["env", "tests", "eager", "125m", "compile", "cudagraphs", "official"]
 
 
 def test_gpu_check_dry_run_writes_every_step(tmp_path):
@@ -21,7 +21,7 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
     assert all(steps[name]["exit_code"] == 0 for name in STEPS[:-1]), {n: s["log_tail"] for n, s in steps.items()}
     assert steps["env"]["result"]["torch"] == torch.__version__
     assert "skipped" in steps["tests"]["log_tail"][-1] and "failed" not in steps["tests"]["log_tail"][-1]
-    for name, mode in (("eager", "off"), ("compile", "default"), ("cudagraphs", "reduce-overhead")):
+    for name, mode in (("eager", "off"), ("125m", "off"), ("compile", "default"), ("cudagraphs", "reduce-overhead")):
         result = steps[name]["result"]
         assert result["compile"] == mode and result["median_s"] > 0 and result["peak_memory_bytes"] > 0
         assert "--preset shapes-tiny --device cpu" in steps[name]["command"]

@@ -201,3 +201,21 @@ def test_entropy_penalty_means_the_same_at_every_bit_depth():
     literal = {d: float(_literal_bsq_penalty(_features(B=64, d=d, seed=d))) for d in (8, 16, 32)}
     assert abs(literal[8] - literal[32]) > 0.5 * abs(literal[16])
     assert penalties[16] == pytest.approx(literal[16], rel=1e-5)
+
+
+def test_upsample_equals_a_3x3_conv_of_the_nearest_x2_image():
+    """The decoder's upsample runs as four 2x2 convs of the input (one per output phase), never making the x2
+    image: it must equal the plain computation (nearest x2, then the 3x3 conv) to fp32 rounding, gradients too."""
+    import torch.nn.functional as F
+
+    from infinity.tokenizer.vae import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(8)
+    x = torch.randn(2, 8, 5, 7, requires_grad=True)
+    plain = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    ours = up(x)
+    assert ours.shape == (2, 8, 10, 14)
+    assert torch.allclose(ours, plain, atol=1e-5, rtol=0)
+    grads = [torch.autograd.grad(y.square().sum(), (x, up.conv.weight)) for y in (ours, plain)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))

@@ -354,7 +354,7 @@ def test_transformer_init_from_official_checkpoint(tmp_path):
     from test_transformer_parity import TRANSFORMER_CASES, transformer_config
 
     case = TRANSFORMER_CASES[0]
-    config = transformer_config(case.meta)
+    config = transformer_config(case)
     path = tmp_path / "official.pth"
     torch.save(case.weights("model."), path)  # the released format: a plain state dict of official names
     tok_cfg = TINY.tokenizer.__class__(**{**TINY.tokenizer.to_dict(), "bits": config.bits})

@@ -22,7 +22,6 @@ Legend: B batch (1), d bits per latent cell, H/W the full latent grid, h/w one s
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from PIL import Image
 from ..images import fit, psnr, to_pil, to_tensor
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention, ScaleEvent
+from ..schedules import nearest_schedule
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.quantizer import Grid, area_resize
 from ..tokenizer.self_correction import flip_bits, fraction_mask
@@ -72,11 +72,7 @@ class Reconstruction:
 
 def nearest_aspect_ratio(pipe: InfinityPipeline, image: Image.Image) -> str:
     """The model's aspect ratio closest to the image's (in log height/width)."""
-    def distance(name: str) -> float:
-        H, W = pipe.schedules[name].pixel_hw
-        return abs(math.log((H / W) / (image.height / image.width)))
-
-    return min(pipe.schedules, key=distance)
+    return nearest_schedule(pipe.schedules, image.height / image.width)
 
 
 def _fitted(codec: Codec, image: Image.Image, aspect_ratio: str) -> tuple[Image.Image, torch.Tensor]:

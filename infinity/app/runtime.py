@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..official import OFFICIAL_MODELS
 from ..pipeline import InfinityPipeline
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,15 @@ def warm_up(pipe: InfinityPipeline, scales: int = 2) -> float:
 
 
 def banner(pipe: InfinityPipeline, model: str | None) -> str:
-    """Which model runs on which device, in one Markdown line; where it came from only when that adds to its name
-    (a folder, or a name of the caller's)."""
+    """Which model runs on which device at which resolution, in one Markdown line; where it came from only when
+    that adds to its name (a folder, or a name of the caller's)."""
     dtype = str(pipe.dtype).removeprefix("torch.")
+    title = OFFICIAL_MODELS[pipe.name].title if pipe.name in OFFICIAL_MODELS else pipe.name
     H, W = max((s.pixel_hw for s in pipe.schedules.values()), key=lambda hw: hw[0] * hw[1])
-    source = f" ({model_label(model)})" if model is not None and model_label(model) != pipe.name else ""
+    source = f" ({model_label(model)})" if model is not None and model_label(model) not in (pipe.name, title) else ""
+    square = pipe.schedules.get("1:1")
+    resolution = f"{square.pixel_hw[1]}x{square.pixel_hw[0]} px at 1:1, " if square is not None else ""
     return (
-        f"Model **{pipe.name}**{source} on **{pipe.device_name}** ({dtype}) · "
-        f"{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
+        f"Model **{title}**{source} on **{pipe.device_name}** ({dtype}) · "
+        f"{resolution}{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
     )

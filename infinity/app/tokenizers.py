@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from safetensors import safe_open
 
 from ..checkpoints import load_model
 from ..official import OFFICIAL_MODELS
-from ..schedules import Schedule, shapes_schedules
+from ..schedules import Schedule, nearest_schedule, shapes_schedules
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.model import latent_scales
 
@@ -55,11 +54,7 @@ class Codec:
 
     def nearest(self, h_div_w: float) -> str:
         """The aspect ratio whose size is nearest `h_div_w` (height / width), in log ratio."""
-        def distance(name: str) -> float:
-            H, W = self.schedules[name].pixel_hw
-            return abs(math.log((H / W) / h_div_w))
-
-        return min(self.schedules, key=distance)
+        return nearest_schedule(self.schedules, h_div_w)
 
 
 def _h_div_w(name: str) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..official import OFFICIAL_MODELS
 from ..precision import INT8, cpu_model
 from ..schedules import BUDGETS
 from .compare import save_outputs
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="of the transformer's blocks; auto: bf16 for the released models on CUDA (as official) "
                              "and on CPUs with native bf16, else fp32; int8: fp32 with int8 Linear layers (CPU)")
     parser.add_argument("--budget", choices=list(BUDGETS), default=None,
-                        help="pixel budget of the released models' schedules (default 1M)")
+                        help="pixel budget of the released models' schedules (default: the model's own, "
+                             "0.06M for infinity-125m, 1M for the others)")
     parser.add_argument("--aspect-ratio", default="1:1")
     parser.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
@@ -83,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threads needs a positive count and --device cpu, got {args.threads} on {device}")
     if args.prompt_tokens < 1:
         parser.error(f"--prompt-tokens must be >= 1, got {args.prompt_tokens}")
-    if args.budget is not None and args.preset not in ("infinity-2b", "infinity-8b"):
-        parser.error(f"--budget applies to infinity-2b and infinity-8b, not {args.preset}")
+    if args.budget is not None and args.preset not in OFFICIAL_MODELS:
+        parser.error(f"--budget applies to the released models ({', '.join(OFFICIAL_MODELS)}), not {args.preset}")
     return args
 
 

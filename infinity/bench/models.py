@@ -1,4 +1,4 @@
-"""The pipelines the benchmark runs: the embedded model, our tiny test model, and the released 2B / 8B models,
+"""The pipelines the benchmark runs: the embedded model, our tiny test model, and the released 125M / 2B / 8B models,
 with random weights of the exact shapes wherever the real weights are not on this machine.
 
 Speed does not depend on the values of the weights, so a random model of the right config times like the trained
@@ -28,7 +28,7 @@ from ..transformer import Infinity
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("embedded", "shapes-tiny", "infinity-2b", "infinity-8b")
+PRESETS = ("embedded", "shapes-tiny", *OFFICIAL_MODELS)
 # Flan-T5-XL's encoder (google/flan-t5-xl config.json): 1.2 B parameters, 2048 channels.
 FLAN_T5_XL_SIZES = dict(
     d_model=2048, d_ff=5120, num_layers=24, num_heads=32, d_kv=64, vocab_size=32128, feed_forward_proj="gated-gelu"

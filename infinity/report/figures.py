@@ -45,6 +45,8 @@ PERFORMANCE_ROWS = (
     ("embedded, 128x128, 2 threads", "embedded_cpu_2threads.json", None, False),
     ("embedded, 128x128, 2 threads, int8 blocks (`--dtype int8`)", "embedded_cpu_int8_2threads.json",
      "embedded_int8_vs_fp32.json", False),
+    ("**Infinity-125M**, 256x256, T5-XL-sized encoder, median of 3", "infinity125m_cpu_fp32.json", None, False),
+    ("the same, int8 blocks", "infinity125m_cpu_int8.json", "infinity125m_int8_vs_fp32.json", False),
     ("Infinity-2B, 256x256 (0.06M), T5-XL-sized encoder, one run", "infinity2b_cpu_fp32_idle.json", None, False),
     ("the same, int8 blocks", "infinity2b_cpu_int8.json", "infinity2b_int8_vs_fp32.json", False),
     ("Infinity-8B, 256x256 (0.06M), int8 blocks, T5-XL-sized encoder, one run", "infinity8b_cpu_int8.json", None,
@@ -59,22 +61,38 @@ def _stages(result: dict) -> str:
             f"text {_seconds(stages['text_encoding'])}")
 
 
-def _drift(root: Path, name: str) -> str:
+def _drift(root: Path, name: str, link: str = "") -> str:
     drift = _load(root, RESULTS / name)
     shares = [100 * s for s in drift["bits_differ_per_scale"]]
     return (f"image {drift['psnr_db']:.1f} dB from fp32's, {min(shares):.2f}-{max(shares):.2f} % of bits per scale "
-            f"differ ([drift]({RESULTS / name}))")
+            f"differ ([drift]({link}{RESULTS / name}))")
 
 
-def performance(root: Path) -> str:
+README_PERFORMANCE = ("embedded, 128x128, 2 threads", "**Infinity-125M**, 256x256, T5-XL-sized encoder, median of 3",
+                      "Infinity-2B, 256x256 (0.06M), T5-XL-sized encoder, one run")
+
+
+def performance_summary(root: Path) -> str:
+    """The README's rows: one per model, fp32 (the rest in docs/performance.md)."""
+    return performance(root, README_PERFORMANCE)
+
+
+def performance_page(root: Path) -> str:
+    """Every row, for docs/performance.md (links one folder up)."""
+    return performance(root, link="../")
+
+
+def performance(root: Path, only: tuple[str, ...] = (), link: str = "") -> str:
     lines = ["| model, image | median, end to end | largest stages (int8: drift) | peak memory | result file |",
              "|---|---|---|---|---|"]
     for label, name, drift, previews in PERFORMANCE_ROWS:
+        if only and label not in only:
+            continue
         r = _load(root, RESULTS / name)
-        stages = _drift(root, drift) if drift else _stages(r)  # int8 rows: how far the image moved, not its stages
+        stages = _drift(root, drift, link) if drift else _stages(r)  # int8 rows: how far the image moved, not its stages
         lines.append(f"| {label} | **{_median(r['median_s'])}** | {stages} | {_gib(r['peak_memory_bytes'])} | "
-                     f"[{name}]({RESULTS / name}) |")
-        if previews:
+                     f"[{name}]({link}{RESULTS / name}) |")
+        if previews and not only:
             lines.append(f"| the same, a preview decoded at every scale | **{_median(r['previews']['median_s'])}** "
                          "| | | same file, `previews` |")
     return "\n".join(lines)
@@ -83,6 +101,15 @@ def performance(root: Path) -> str:
 def matmul_peak(root: Path) -> str:
     peaks = [_load(root, RESULTS / name)["matmul_peak_gflops"] for _, name, _, _ in PERFORMANCE_ROWS]
     return f"{min(peaks):.0f}-{max(peaks):.0f} GFLOP/s"
+
+
+def space_125m(root: Path) -> str:
+    """The first download of a 125M Space, estimated from parameter counts (benchmarks/space_sizes.py)."""
+    sizes = _load(root, RESULTS / "infinity125m_space_sizes.json")
+    t5 = next(v["bytes"] for k, v in sizes["files"].items() if k.startswith("google/flan-t5-xl"))
+    minutes = sizes["download_minutes"]
+    return (f"about {sizes['total_bytes'] / 1e9:.0f} GB, {'nearly all' if t5 / sizes['total_bytes'] > 0.85 else 'most'} "
+            f"of it Flan-T5-XL: about {minutes['100 MB/s']:.0f} minutes at 100 MB/s, {minutes['50 MB/s']:.0f} at 50 MB/s")
 
 
 def weights_2b(root: Path) -> str:
@@ -318,10 +345,11 @@ def tokenize_example(root: Path) -> str:
 
 
 GENERATORS: dict[str, Generator] = {
-    "tokenize-example": tokenize_example, "embedded-fp16-drift": embedded_fp16_drift,
+    "tokenize-example": tokenize_example, "performance-summary": performance_summary,
+    "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "tokenizer-codecs": tokenizer_codecs,
     "ledger-tokenizers": tokenizers_table, "ledger-embedded": embedded_table,
-    "performance": performance, "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
+    "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
     "claims-summary": claims_summary, "claims-findings": claims_findings, "pair-tokenizer": pair_tokenizer,
     "embedded-tokenizer": embedded_tokenizer_one_object, "claims-cost": claims_cost,
 }

@@ -49,13 +49,36 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x_BCHW, (0, 1, 0, 1)))
 
 
+def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of a 3-tap kernel after a nearest x2 upsample: even outputs read input cells (i-1, i) with
+    taps (w0, w1 + w2), odd outputs read (i, i+1) with taps (w0 + w1, w2)."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
+
+
 class Upsample(nn.Module):
+    """Nearest x2, then a 3x3 conv (padding 1), computed without making the x2 image.
+
+    Each output pixel of the upsampled grid reads only 2x2 distinct input cells, so the conv splits into four
+    2x2 convs of the input, one per output phase (row parity a, column parity b), whose taps are sums of the 3x3
+    taps that land on the same cell; the phases are then interleaved. The same sums in another order (equal to
+    fp32 rounding), for 16 instead of 36 multiply-adds per input cell and channel pair: this is the VAE decoder's
+    largest saving at 256x256 (a quarter of its FLOPs are these convs).
+    """
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x_BCHW, scale_factor=2.0, mode="nearest"))
+        H, W = x_BCHW.shape[-2:]
+        padded = F.pad(x_BCHW, (1, 1, 1, 1))  # the x2 image's zero border is this one's
+        phases = []
+        for a, rows_w in enumerate(_phase_taps(self.conv.weight, 2)):  # (C, C, 2, 3) per row phase
+            for b, w_CC22 in enumerate(_phase_taps(rows_w, 3)):
+                phases.append(F.conv2d(padded[..., a : a + H + 1, b : b + W + 1], w_CC22, self.conv.bias))
+        y_BC4HW = torch.stack(phases, dim=2)  # phase a*2 + b
+        return F.pixel_shuffle(y_BC4HW.flatten(1, 2), 2)  # (B, C, 2H, 2W): phase (a, b) -> pixel (2i+a, 2j+b)
 
 
 class Level(nn.Module):

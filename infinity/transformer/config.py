@@ -78,6 +78,8 @@ class TransformerConfig(JsonConfig):
 
 # The released models (tools/run_infinity.py + scripts/infer.sh of the official repository).
 TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
+    # `infinity_layer12`, released for 256x256 (infinity_125M_256x256.pth): the 2B flags, a d16 tokenizer.
+    "infinity-125m": TransformerConfig(depth=12, width=768, num_heads=8, bits=16, text_channels=2048),
     "infinity-2b": TransformerConfig(depth=32, width=2048, num_heads=16, bits=32, text_channels=2048),
     # The 8B model's tokenizer has 14 bits per latent cell and is applied with a 2x2 spatial patchify,
     # so each transformer token carries 4 * 14 = 56 bits.
