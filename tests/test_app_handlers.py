@@ -332,7 +332,7 @@ def test_banner_names_a_released_model_and_its_resolution(app_pipe, monkeypatch)
     monkeypatch.setattr(app_pipe, "name", "infinity-125m")
     H, W = app_pipe.schedules["1:1"].pixel_hw
     text = runtime.banner(app_pipe, "infinity-125m")
-    assert text.startswith("Model **Infinity-125M** (infinity-125m) on **CPU**") and f"{W}x{H} px at 1:1" in text
+    assert text.startswith("Model **Infinity-125M** on **CPU**") and f"{W}x{H} px at 1:1" in text  # its name once
 
 
 def test_command_line_defaults(monkeypatch):

@@ -109,7 +109,8 @@ def test_embedded_campaign_scores_each_segment_and_ships_only_a_better_model(tmp
     folder = tmp_path / "model"
     InfinityPipeline(BitwiseTokenizer(TINY.tokenizer).eval(), Infinity(TINY.transformer).eval(),
                      MiniLMTextEncoder.from_pretrained(max_length=32), TINY.schedules, SamplingDefaults(cfg=2.0),
-                     "tiny", "cpu", torch.float32, examples=["a large red circle in the center"]).save_pretrained(folder)
+                     "tiny", "cpu", torch.float32,
+                     examples=["a large red circle in the center"]).save_pretrained(folder)
     plan = EmbeddedPlan(steps=4, batch_size=2, segment=2, folder=str(folder), run=str(tmp_path / "run"),
                         counts=(2, 1, 0), open_prompts=2, seeds=2,
                         flags=("--recipe", "shapes-tiny", "--lr", "1e-3", "--warmup-steps", "1",

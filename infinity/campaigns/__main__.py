@@ -1,11 +1,12 @@
 """python -m infinity.campaigns {tokenizers,embedded} --minutes M: train on, evaluate, ship what is better.
 
-    python -m infinity.campaigns tokenizers --minutes 150    # general-d8/d16/d32, in turn, from runs/ or the shipped files
+    python -m infinity.campaigns tokenizers --minutes 150    # general-d8/d16/d32 in turn, from runs/ or the shipped
     python -m infinity.campaigns embedded --minutes 150      # the embedded transformer
     python -m infinity.campaigns table tokenizers            # the README's table, from the ledger
 
-`python -m infinity.report` writes the tables into README.md and docs/. Start it first whenever work starts; it stops by itself before the deadline (or stop it: the checkpoints in
-runs/ keep all but the last few steps). Ledgers: benchmarks/results/ledger_{tokenizers,embedded}.jsonl.
+`python -m infinity.report` writes the tables into README.md and docs/. Start it first whenever work starts; it
+stops by itself before the deadline (or stop it: the checkpoints in runs/ keep all but the last few steps).
+Ledgers: benchmarks/results/ledger_{tokenizers,embedded}.jsonl.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infinity.campaigns", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("tokenizers", "the general tokenizers d8 / d16 / d32"), ("embedded", "the embedded transformer")):
+    campaigns = (("tokenizers", "the general tokenizers d8 / d16 / d32"), ("embedded", "the embedded transformer"))
+    for name, help_ in campaigns:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--minutes", type=float, required=True, help="start no segment that would end after this")
         p.add_argument("--threads", type=int, default=1, help="CPU threads of the trainer (default: %(default)s)")

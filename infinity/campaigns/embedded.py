@@ -65,12 +65,14 @@ def scores_row(pipe, plan: EmbeddedPlan) -> dict:
         adherence[str(n)], extras_only[str(n)] = round(scores.accuracy(n), 3), scores.extras_only[n]
     forced = {}
     for n in sorted({len(s.objects) for s in scenes}):  # the share of object-token bits wrong at the last scale
-        forced[str(n)] = round(teacher_forced_errors(pipe, [s for s in scenes if len(s.objects) == n])[-1].object_bit_error, 4)
+        last = teacher_forced_errors(pipe, [s for s in scenes if len(s.objects) == n])[-1]
+        forced[str(n)] = round(last.object_bit_error, 4)
     spread = []
     for scene in open_background_scenes(plan.open_prompts):
         images = [np.asarray(pipe(caption(scene), seed=seed).image) for seed in range(plan.seeds)]
         spread.append(round(mean_pixel_difference(images), 2))
-    return {"adherence": adherence, "adherence_sum": round(sum(adherence.values()), 3), "failed_only_by_extras": extras_only,
+    return {"adherence": adherence, "adherence_sum": round(sum(adherence.values()), 3),
+            "failed_only_by_extras": extras_only,
             "teacher_forced_last_scale_object_bit_error": forced,
             "seed_spread": spread, "seed_spread_mean": round(float(np.mean(spread)), 2),
             "prompts_over_spread_target": sum(v >= SEED_SPREAD_TARGET for v in spread),

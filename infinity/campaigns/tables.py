@@ -25,9 +25,12 @@ def tokenizers_table(root: str | Path = ".") -> str:
         if not evaluations:
             continue
         shipped = [r for r in evaluations if r.get("shipped")] or [r for r in evaluations if r["weights"] == "shipped"]
-        shown = [(shipped[-1], "shipped")] + [(evaluations[-1], "latest, not shipped")] * (evaluations[-1] is not shipped[-1])
+        shown = [(shipped[-1], "shipped")]
+        if evaluations[-1] is not shipped[-1]:
+            shown.append((evaluations[-1], "latest, not shipped"))
         for r, what in shown:
-            lines.append(f"| {run} | {what} | {r['step']} | {r['images_seen']:,} | {_cpu_hours(rows, run, r['step']):.2f} "
+            hours = _cpu_hours(rows, run, r["step"])
+            lines.append(f"| {run} | {what} | {r['step']} | {r['images_seen']:,} | {hours:.2f} "
                          f"| {r['psnr_db']:.2f} dB | {r['psnr_pooled_db']:.2f} dB |")
     heldout = next((r for r in reversed(rows) if r.get("kind") == "evaluation"), None)
     if heldout:
@@ -58,9 +61,11 @@ def embedded_table(root: str | Path = ".") -> str:
              "| open prompts >= 8/255 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     evaluations = _evaluations(rows, "embedded-transformer")
     for r in evaluations:
-        what = "shipped before the campaign" if r["weights"] == "shipped" else ("shipped" if r["shipped"] else "not shipped")
+        what = ("shipped before the campaign" if r["weights"] == "shipped"
+                else "shipped" if r["shipped"] else "not shipped")
         a = r["adherence"]
-        lines.append(f"| {what} | {r['step']} | {r.get('images_seen', 0):,} | {_cpu_hours(rows, 'embedded-transformer', r['step']):.2f} "
+        hours = _cpu_hours(rows, "embedded-transformer", r["step"])
+        lines.append(f"| {what} | {r['step']} | {r.get('images_seen', 0):,} | {hours:.2f} "
                      f"| {a.get('1', 0):.2f} | {a.get('2', 0):.2f} | {a.get('3', 0):.2f} "
                      f"| {_per_count(r.get('failed_only_by_extras'), '{}')} "
                      f"| {_per_count(r.get('teacher_forced_last_scale_object_bit_error'), '{:.3f}')} "

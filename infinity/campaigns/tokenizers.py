@@ -69,7 +69,8 @@ def run_position(plan: TokenizerPlan, bits: int, rows: list[dict]) -> tuple[int,
     return shipped_step(rows, plan.run_name(bits)), False
 
 
-def segment_args(plan: TokenizerPlan, bits: int, step: int, from_checkpoint: bool, stop_at: int, threads: int) -> list[str]:
+def segment_args(plan: TokenizerPlan, bits: int, step: int, from_checkpoint: bool, stop_at: int,
+                 threads: int) -> list[str]:
     args = ["tokenizer", *plan.flags, "--data", plan.data, "--bits", str(bits), "--out", str(plan.run_dir(bits)),
             "--steps", str(plan.steps), "--batch-size", str(plan.batch_size), "--low-res", plan.low_res,
             "--init-from", str(plan.shipped_file(bits)), "--stop-at", str(stop_at), "--threads", str(threads),
@@ -133,7 +134,8 @@ class TokenizerCampaign:
         return self.plan.start_images + step * self.plan.batch_size
 
     def _cpu_total(self, name: str) -> float:
-        return round(sum((r.get("cpu_s") or 0.0) for r in self.rows() if r.get("run") == name and r.get("kind") == "segment"), 1)
+        segments = [r for r in self.rows() if r.get("run") == name and r.get("kind") == "segment"]
+        return round(sum(r.get("cpu_s") or 0.0 for r in segments), 1)
 
     def train_segment(self, bits: int) -> dict:
         """Train the run of `bits` to its next segment boundary; the ledger row."""
@@ -150,7 +152,8 @@ class TokenizerCampaign:
         return append_row(self.ledger, {
             "run": name, "kind": "segment", "step_from": step, "step": stop_at, "resumed_from":
             "checkpoint" if from_checkpoint else "shipped weights", "images_seen": self._images(stop_at),
-            "wall_s": result.wall_s, "cpu_s": result.cpu_s, "cpu_s_total": round(self._cpu_total(name) + result.cpu_s, 1),
+            "wall_s": result.wall_s, "cpu_s": result.cpu_s,
+            "cpu_s_total": round(self._cpu_total(name) + result.cpu_s, 1),
             "threads": self.threads, "command": command_line(args),
         })
 

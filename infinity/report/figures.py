@@ -89,7 +89,7 @@ def performance(root: Path, only: tuple[str, ...] = (), link: str = "") -> str:
         if only and label not in only:
             continue
         r = _load(root, RESULTS / name)
-        stages = _drift(root, drift, link) if drift else _stages(r)  # int8 rows: how far the image moved, not its stages
+        stages = _drift(root, drift, link) if drift else _stages(r)  # int8 rows: how far the image moved
         lines.append(f"| {label} | **{_median(r['median_s'])}** | {stages} | {_gib(r['peak_memory_bytes'])} | "
                      f"[{name}]({link}{RESULTS / name}) |")
         if previews and not only:
@@ -108,8 +108,9 @@ def space_125m(root: Path) -> str:
     sizes = _load(root, RESULTS / "infinity125m_space_sizes.json")
     t5 = next(v["bytes"] for k, v in sizes["files"].items() if k.startswith("google/flan-t5-xl"))
     minutes = sizes["download_minutes"]
-    return (f"about {sizes['total_bytes'] / 1e9:.0f} GB, {'nearly all' if t5 / sizes['total_bytes'] > 0.85 else 'most'} "
-            f"of it Flan-T5-XL: about {minutes['100 MB/s']:.0f} minutes at 100 MB/s, {minutes['50 MB/s']:.0f} at 50 MB/s")
+    share = "nearly all" if t5 / sizes["total_bytes"] > 0.85 else "most"
+    return (f"about {sizes['total_bytes'] / 1e9:.0f} GB, {share} of it Flan-T5-XL: about "
+            f"{minutes['100 MB/s']:.0f} minutes at 100 MB/s, {minutes['50 MB/s']:.0f} at 50 MB/s")
 
 
 def weights_2b(root: Path) -> str:
@@ -335,13 +336,15 @@ def tokenizer_codecs(root: Path) -> str:
 
 def embedded_fp16_drift(root: Path) -> str:
     drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
-    return f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of {drift['prompts']} prompts)"
+    return (f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of "
+            f"{drift['prompts']} prompts)")
 
 
 def tokenize_example(root: Path) -> str:
     """The README's `tokenize` example: PSNR after the first and the last scale (its psnr.json)."""
     rows = _load(root, RESULTS / "embedded_tokenize_scene.json")
-    return f"{rows[0]['psnr_db']:.1f} dB after scale {rows[0]['scale']}, {rows[-1]['psnr_db']:.1f} after {rows[-1]['scale']}"
+    first, last = rows[0], rows[-1]
+    return f"{first['psnr_db']:.1f} dB after scale {first['scale']}, {last['psnr_db']:.1f} after {last['scale']}"
 
 
 GENERATORS: dict[str, Generator] = {
