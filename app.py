@@ -20,7 +20,8 @@ from pathlib import Path
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
 # A shapes scene (every tokenizer here reconstructs it well, so the explorers show their effect) and a drawing.
-EXAMPLE_IMAGES = [str(EXAMPLES_DIR / "scene.png"), str(EXAMPLES_DIR / "shapes.png")]
+# a shapes scene, a drawing, and a held-out photograph (scikit-image's coffee cup, BSD-3-Clause; never trained on)
+EXAMPLE_IMAGES = [str(EXAMPLES_DIR / n) for n in ("scene.png", "shapes.png", "coffee.png")]
 # Small outputs (our tiny models make 32 px images) are drawn with square pixels rather than blurred.
 CSS = """
 #status { min-height: 2.5em; }
@@ -194,7 +195,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
                         f"'{ALL_TOKENIZERS}' runs every one on the same image, to compare bit depths).")
             with gr.Row():
                 with gr.Column():
-                    tk_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", **upload)
+                    tk_image = gr.Image(value=EXAMPLE_IMAGES[0], label="Image", elem_id="tk-image", **upload)
                     gr.Examples([[im] for im in EXAMPLE_IMAGES], inputs=[tk_image], label="Example images")
                 with gr.Column():
                     tk_tokenizer = gr.Dropdown([*shelf.options, ALL_TOKENIZERS], value=shelf.default,

@@ -26,6 +26,7 @@ from PIL import Image
 from test_app_handlers import assert_conclusion_follows_the_numbers
 
 from infinity.app import sheets
+from infinity.app.vocabulary import SEVERAL_EXAMPLE
 from infinity.app.handlers import ALL_TOKENIZERS
 from infinity.app.pair import PairSlot
 from infinity.app.tokenizers import TokenizerShelf
@@ -208,7 +209,7 @@ def test_unknown_words_are_named_and_seeds_change_the_image(page, embedded):
 
 
 def test_every_tab(page, embedded):
-    generate(page, embedded, "a large red circle at the top left on a black background")
+    generate(page, embedded, SEVERAL_EXAMPLE)  # two objects, as the banner says to ask for them
     screenshot(page, "generate", docs=True)
     assert_labels_legible(page, "#previews")
 
@@ -235,9 +236,10 @@ def test_every_tab(page, embedded):
         assert_labels_legible(page, "#pa-sheet")
 
     page.get_by_role("tab", name="Tokenizer", exact=True).click()
+    page.locator("#tk-image input[type=file]").set_input_files(str(ROOT / "assets" / "examples" / "coffee.png"))
     page.locator("#tokenize").click()
     page.get_by_text("after the last.").wait_for()
-    screenshot(page, "tokenizer", docs=True)
+    screenshot(page, "tokenizer", docs=True)  # a held-out photograph
 
     page.get_by_role("tab", name="Variations").click()
     page.locator("#variations").click()
