@@ -91,7 +91,7 @@ def heldout_psnr(model, photos, size: int, batch_size: int = 16) -> tuple[float,
     return round(sum(final) / len(final), 3), pooled_psnr(final)
 
 
-def _fp16(model):
+def fp16_rounded(model):
     """The model as it ships: weights rounded to fp16, computed in fp32."""
     return copy.deepcopy(model).half().float()
 
@@ -161,7 +161,7 @@ class TokenizerCampaign:
         """Score the run's exported (EMA) weights as they would ship (fp16); ship them if they beat the shipped file."""
         plan, name = self.plan, self.plan.run_name(bits)
         model = load_model(plan.run_dir(bits) / "tokenizer.safetensors")
-        mean, pooled = heldout_psnr(_fp16(model), self.photos(), plan.eval_size)
+        mean, pooled = heldout_psnr(fp16_rounded(model), self.photos(), plan.eval_size)
         best = max((r["psnr_db"] for r in self.rows() if r.get("run") == name and r.get("kind") == "evaluation"
                     and r.get("heldout") == plan.heldout and (r.get("shipped") or r.get("weights") == "shipped")),
                    default=float("-inf"))

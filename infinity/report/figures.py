@@ -334,6 +334,15 @@ def tokenizer_codecs(root: Path) -> str:
     return "\n".join(lines)
 
 
+def tokenizer_recipe_ab(root: Path) -> str:
+    """Held-out PSNR of d16 per CPU-second: progressive resolution against the model's sizes throughout."""
+    ab = _load(root, RESULTS / "tokenizer_recipe_ab.json")
+    lines = ["| recipe | steps of 16 | CPU seconds | held-out PSNR |", "|---|---|---|---|"]
+    for point in sorted(ab["points"], key=lambda q: (q["arm"], q["step"])):
+        lines.append(f"| {point['arm']} | {point['step']} | {point['cpu_s']:,.0f} | {point['psnr_db']:.2f} dB |")
+    return "\n".join(lines)
+
+
 def embedded_fp16_drift(root: Path) -> str:
     drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
     return (f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of "
@@ -348,7 +357,7 @@ def tokenize_example(root: Path) -> str:
 
 
 GENERATORS: dict[str, Generator] = {
-    "tokenize-example": tokenize_example, "performance-summary": performance_summary,
+    "tokenize-example": tokenize_example, "tokenizer-recipe-ab": tokenizer_recipe_ab, "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "tokenizer-codecs": tokenizer_codecs,
     "ledger-tokenizers": tokenizers_table, "ledger-embedded": embedded_table,
