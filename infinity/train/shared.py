@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from ..data.objects import background_mask  # noqa: F401  (tokenizer_trainer imports it from here)
 from ..text import MiniLMTextEncoder, T5TextEncoder, TextEncoder
 
 

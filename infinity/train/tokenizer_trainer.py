@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_official_tokenizer, save_model
+from ..data.objects import background_mask
 from ..images import psnr
 from ..options import sampler_options
 from ..sampling import sample_image
@@ -50,8 +51,17 @@ from ..tokenizer import BitwiseTokenizer, TokenizerConfig
 from ..tokenizer.model import latent_scales, patchify_bits
 from .data import Batch, ShapesSource, make_source
 from .discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
-from .engine import Distributed, OptimConfig, adamw, config_dict, load_init_weights, save_grid, step_generator, step_seed
-from .shared import TextCache, background_mask
+from .engine import (
+    Distributed,
+    OptimConfig,
+    adamw,
+    config_dict,
+    load_init_weights,
+    save_grid,
+    step_generator,
+    step_seed,
+)
+from .shared import TextCache
 
 logger = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_official_transformer, save_model
+from ..data.objects import object_token_weights
 from ..sampling import sample_scales
 from ..schedules import Schedule
 from ..text import TextEncoder
 from ..tokenizer import BitwiseTokenizer, SelfCorrection
 from ..tokenizer.model import latent_scales, patchify_bits, spatial_patch
-from ..data.objects import object_token_weights
 from ..transformer import Infinity, TransformerConfig
 from ..transformer.losses import bitwise_cross_entropy, index_cross_entropy, predicted_bits
 from .data import ShapesSource, make_source
