@@ -22,11 +22,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(pipe, **build_options):
-    """The app of `pipe` (app.build_demo) served on 127.0.0.1; yields its URL, closes it after."""
+def served(pipe, model: str | None = "test model", **build_options):
+    """The app of `pipe` (app.build_demo, named `model`: None as `python app.py` names the embedded model) served
+    on 127.0.0.1; yields its URL, closes it after."""
     import app
 
-    demo = app.build_demo(pipe, "test model", **build_options)
+    demo = app.build_demo(pipe, model, **build_options)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                 **app.launch_options())
     try:

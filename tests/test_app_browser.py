@@ -63,7 +63,7 @@ def embedded():
 
 @pytest.fixture(scope="module")
 def url(embedded):
-    with served(embedded) as url:
+    with served(embedded, model=None) as url:  # as `python app.py` serves it
         yield url
 
 
