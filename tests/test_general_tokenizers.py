@@ -18,14 +18,17 @@ PHOTOS = sorted((ROOT / "tests" / "fixtures" / "photos").glob("*.png"))
 # a beige background and soft colours: outside the three flat backgrounds the shapes tokenizer was trained on
 PICTURE = ROOT / "assets" / "examples" / "shapes.png"
 
-# Mean PSNR over PHOTOS of the shipped fp16 files, measured when they were shipped (python -m pytest prints it on
-# failure); the floor is MARGIN_DB under it: a regressed or swapped file fails, float rounding does not.
-MEASURED_DB = {8: None, 16: None, 32: None}
-MARGIN_DB = 1.5
-# Colour: the mean of each channel of each photo (0..255) within this many levels of the input's, and the mean
-# distance of the pixels from their grey (chroma) at least this share of the input's, where the input has colour.
-CHANNEL_LEVELS = None
-CHROMA_SHARE = None
+# Measured on PHOTOS with the shipped fp16 files when they were shipped (`quality`; python -m pytest prints it on
+# failure): mean PSNR, the largest error of one channel's mean over one photo (0..255), the smallest share of a
+# coloured photo's chroma kept. The test allows a margin on each: a regressed or swapped file fails, rounding does
+# not. The colour errors are large (the red saucer of `coffee` loses red): the tokenizers are
+# under-trained, and these floors hold them where they are, not where they should be.
+MEASURED = {  # step 400 of the campaign (benchmarks/results/ledger_tokenizers.jsonl)
+    8: {"psnr_db": 18.11, "channel_levels": 17.5, "chroma_share": 0.73},
+    16: {"psnr_db": 18.61, "channel_levels": 14.9, "chroma_share": 0.84},
+    32: {"psnr_db": 18.21, "channel_levels": 30.5, "chroma_share": 0.59},
+}
+MARGIN_DB, MARGIN_LEVELS, MARGIN_CHROMA = 1.5, 8.0, 0.1
 
 
 def _tokenizer(bits: int) -> BitwiseTokenizer:
@@ -60,8 +63,9 @@ def quality(recon: torch.Tensor, x: torch.Tensor) -> dict:
 
 
 def _passes(q: dict, bits: int) -> bool:
-    return (q["psnr_db"] >= MEASURED_DB[bits] - MARGIN_DB and q["channel_levels"] <= CHANNEL_LEVELS
-            and q["chroma_share"] >= CHROMA_SHARE)
+    m = MEASURED[bits]
+    return (q["psnr_db"] >= m["psnr_db"] - MARGIN_DB and q["channel_levels"] <= m["channel_levels"] + MARGIN_LEVELS
+            and q["chroma_share"] >= m["chroma_share"] - MARGIN_CHROMA)
 
 
 @pytest.mark.parametrize("bits", [8, 16, 32])
@@ -82,7 +86,7 @@ def test_shipped_tokenizer_keeps_its_quality_and_colours_and_a_broken_decoder_fa
     x = _photos()
     recon = _reconstruct(_tokenizer(bits), x)
     q = quality(recon, x)
-    assert _passes(q, bits), (q, MEASURED_DB[bits])
+    assert _passes(q, bits), (q, MEASURED[bits])
     grey = recon.mean(1, keepdim=True)
     for broken in (recon + 45 / 127.5, recon - 45 / 127.5, grey + 0.4 * (recon - grey)):  # brighter, darker, faded
         assert not _passes(quality(broken.clamp(-1, 1), x), bits)
