@@ -117,3 +117,17 @@ def embedded_table(root: str | Path = ".") -> str:
 
 TABLES = {"tokenizers": tokenizers_table, "embedded": embedded_table}
 
+
+
+def tokenizers_progress(root: str | Path = ".") -> str:
+    """Per depth, the held-out PSNR at every scored step and the CPU seconds per segment: the curve so far."""
+    rows = read_rows(ledger_path("tokenizers", root))
+    lines = ["| tokenizer | held-out PSNR at steps " + ", ".join(
+        str(step) for step in sorted({r["step"] for r in _evaluations(rows, "general-d16")})) + " | CPU s per 100 steps |",
+        "|---|---|---|"]
+    for run in ("general-d8", "general-d16", "general-d32"):
+        scored = sorted((r["step"], r["psnr_db"]) for r in _evaluations(rows, run))
+        segments = [r for r in rows if r.get("run") == run and r.get("kind") == "segment" and r.get("cpu_s")]
+        per_100 = sum(r["cpu_s"] for r in segments) / sum(r["step"] - r["step_from"] for r in segments) * 100
+        lines.append(f"| {run} | " + " -> ".join(f"{db:.2f}" for _, db in scored) + f" dB | {per_100:.0f} |")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..campaigns.tables import embedded_table, shipped_embedded_evaluation, tokenizers_table
+from ..campaigns.tables import embedded_table, shipped_embedded_evaluation, tokenizers_progress, tokenizers_table
 from .blocks import Generator
 
 RESULTS = Path("benchmarks/results")
@@ -327,7 +327,13 @@ def tokenizer_codecs(root: Path) -> str:
         else:
             name, bits = r["name"], f"{r['bits_final_scale']:,.0f}"
         lines.append(f"| {name} | {bits} | {r['psnr_db']:.2f} / {r['psnr_pooled_db']:.2f} dB | {shapes} |")
+    deepest = max((r for r in records if r["kind"] == "tokenizer"), key=lambda r: r["bits_per_token"])
+    jpeg = next((r for r in records if r["kind"] == "jpeg" and r["budget_bits"] == deepest["bits_all_scales"]), None)
     info = results["images"]
+    if jpeg is not None:
+        gap = jpeg["psnr_db"] - deepest["psnr_db"]
+        lines += ["", f"The deepest, {_tokenizer_name(deepest['name'])}, is {gap:.2f} dB under JPEG at its total bits "
+                  f"(target: within 2 dB, {'met' if gap <= 2 else 'not met'})."]
     lines += ["", f"{info['used']} held-out photos of `{info['folder']}` at {info['size']}x{info['size']} "
               f"({len(info['one_colour'])} of one colour skipped); {results['shapes_per_object_count']} shapes scenes "
               "per object count."]
@@ -360,7 +366,7 @@ GENERATORS: dict[str, Generator] = {
     "tokenize-example": tokenize_example, "tokenizer-recipe-ab": tokenizer_recipe_ab, "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "tokenizer-codecs": tokenizer_codecs,
-    "ledger-tokenizers": tokenizers_table, "ledger-embedded": embedded_table,
+    "ledger-tokenizers": tokenizers_table, "ledger-tokenizers-progress": tokenizers_progress, "ledger-embedded": embedded_table,
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
     "claims-summary": claims_summary, "claims-findings": claims_findings, "pair-tokenizer": pair_tokenizer,
     "embedded-tokenizer": embedded_tokenizer_one_object, "claims-cost": claims_cost,
