@@ -54,35 +54,23 @@ class OfficialModel:
 # tools/interactive_infer_8b.ipynb for 8B; scripts/infer.sh runs 2B at cfg 4), top_k and top_p of gen_one_img
 # in tools/run_infinity.py (top_k=900 is a no-op over the 2 values of a bit). All run in bf16 on the GPU.
 # Infinity-125M (256x256) has no settings of its own in the official scripts: it takes 2B's.
+def _released(title: str, tokenizer: str, transformer: str, weights: str, tau: float, sharded: bool = False,
+              budget: str = "1M") -> OfficialModel:
+    """A released model from the names of its presets and files, with the official sampling settings."""
+    preset = TOKENIZER_PRESETS[tokenizer]
+    return OfficialModel(
+        title=title, tokenizer=preset.config, tokenizer_file=preset.weight_file,
+        transformer=TRANSFORMER_PRESETS[transformer], transformer_weights=weights, sharded=sharded,
+        defaults=SamplingDefaults(cfg=3.0, tau=tau, top_k=900, top_p=0.97), budget=budget,
+    )
+
+
 OFFICIAL_MODELS: dict[str, OfficialModel] = {
-    "infinity-125m": OfficialModel(
-        title="Infinity-125M",
-        tokenizer=TOKENIZER_PRESETS["infinity-vae-d16"].config,
-        tokenizer_file=TOKENIZER_PRESETS["infinity-vae-d16"].weight_file,
-        transformer=TRANSFORMER_PRESETS["infinity-125m"],
-        transformer_weights="infinity_125M_256x256.pth",
-        sharded=False,
-        defaults=SamplingDefaults(cfg=3.0, tau=0.5, top_k=900, top_p=0.97),
-        budget="0.06M",
-    ),
-    "infinity-2b": OfficialModel(
-        title="Infinity-2B",
-        tokenizer=TOKENIZER_PRESETS["infinity-vae-d32reg"].config,
-        tokenizer_file=TOKENIZER_PRESETS["infinity-vae-d32reg"].weight_file,
-        transformer=TRANSFORMER_PRESETS["infinity-2b"],
-        transformer_weights="infinity_2b_reg.pth",
-        sharded=False,
-        defaults=SamplingDefaults(cfg=3.0, tau=0.5, top_k=900, top_p=0.97),
-    ),
-    "infinity-8b": OfficialModel(
-        title="Infinity-8B",
-        tokenizer=TOKENIZER_PRESETS["infinity-vae-d56-f8"].config,
-        tokenizer_file=TOKENIZER_PRESETS["infinity-vae-d56-f8"].weight_file,
-        transformer=TRANSFORMER_PRESETS["infinity-8b"],
-        transformer_weights="infinity_8b_weights",
-        sharded=True,
-        defaults=SamplingDefaults(cfg=3.0, tau=1.0, top_k=900, top_p=0.97),
-    ),
+    "infinity-125m": _released("Infinity-125M", "infinity-vae-d16", "infinity-125m", "infinity_125M_256x256.pth",
+                               tau=0.5, budget="0.06M"),
+    "infinity-2b": _released("Infinity-2B", "infinity-vae-d32reg", "infinity-2b", "infinity_2b_reg.pth", tau=0.5),
+    "infinity-8b": _released("Infinity-8B", "infinity-vae-d56-f8", "infinity-8b", "infinity_8b_weights", tau=1.0,
+                             sharded=True),
 }
 OFFICIAL_EXAMPLES = (
     "a red fox sitting in fresh snow, morning light",
