@@ -349,6 +349,14 @@ def tokenizer_recipe_ab(root: Path) -> str:
     return "\n".join(lines)
 
 
+def embedded_cfg_schedules(root: Path) -> str:
+    """Per-scale CFG schedules tried on the shipped model: adherence and seed spread of each."""
+    runs = _load(root, RESULTS / "embedded_cfg_schedules.json")["runs"]
+    return "; ".join(f"cfg per scale {' / '.join(f'{c:g}' for c in r['defaults']['cfg_schedule'])}: adherence "
+                     f"{r['adherence']['1']:.2f} / {r['adherence']['2']:.2f} / {r['adherence']['3']:.2f}, "
+                     f"{r['prompts_over_spread_target']} of {r['open_prompts']} open prompts over 8/255" for r in runs)
+
+
 def embedded_fp16_drift(root: Path) -> str:
     drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
     return (f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of "
@@ -363,7 +371,7 @@ def tokenize_example(root: Path) -> str:
 
 
 GENERATORS: dict[str, Generator] = {
-    "tokenize-example": tokenize_example, "tokenizer-recipe-ab": tokenizer_recipe_ab, "performance-summary": performance_summary,
+    "tokenize-example": tokenize_example, "embedded-cfg-schedules": embedded_cfg_schedules, "tokenizer-recipe-ab": tokenizer_recipe_ab, "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "tokenizer-codecs": tokenizer_codecs,
     "ledger-tokenizers": tokenizers_table, "ledger-tokenizers-progress": tokenizers_progress, "ledger-embedded": embedded_table,
