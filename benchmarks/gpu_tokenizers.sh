@@ -10,7 +10,7 @@
 # On the GPU the campaign starts from the shipped files at the step the ledger gives them (runs/ does not travel),
 # evaluates on the same held-out photographs and ships only what beats them, as here; `collect` copies what it
 # shipped into assets/tokenizers/, appends its ledger rows, and drops the local run folders it overtook (the next
-# local session then resumes from the shipped files).
+# local run then resumes from the shipped files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage() { echo "usage: benchmarks/gpu_tokenizers.sh prepare | run OUTDIR [MINUTES] | collect OUTDIR" >&2; exit 2; }

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from infinity.campaigns.ledger import read_rows
 from infinity.campaigns.segment import command_line, run_segment
-from infinity.campaigns.tokenizers import TokenizerPlan, fp16_rounded, heldout_psnr
+from infinity.campaigns.tokenizers import TokenizerPlan, fp16_rounded
 from infinity.checkpoints import load_model
-from infinity.eval.tokenizers import load_photos
+from infinity.eval.tokenizers import final_psnr, load_photos
 
 START_COMMIT = "986bcc3"
 
@@ -39,7 +39,7 @@ def main() -> None:
                                          check=True, capture_output=True).stdout)
     photos = load_photos(plan.heldout, plan.eval_size).images
     points = [{"arm": "own sizes", "step": 0, "cpu_s": 0.0,
-               "psnr_db": heldout_psnr(load_model(start).float(), photos, plan.eval_size)[0]}]
+               "psnr_db": final_psnr(load_model(start).float(), photos)[0]}]
     cpu = 0.0
     for stop in args.stops:
         cmd = ["tokenizer", *plan.flags, "--data", plan.data, "--bits", "16", "--out", str(run / "out"),
@@ -51,7 +51,7 @@ def main() -> None:
         cpu += result.cpu_s
         model = load_model(run / "out" / "tokenizer.safetensors")
         points.append({"arm": "own sizes", "step": stop, "images": stop * plan.batch_size, "cpu_s": round(cpu, 1),
-                       "psnr_db": heldout_psnr(fp16_rounded(model), photos, plan.eval_size)[0], "command": command_line(cmd)})
+                       "psnr_db": final_psnr(fp16_rounded(model), photos)[0], "command": command_line(cmd)})
     rows = read_rows("benchmarks/results/ledger_tokenizers.jsonl")
     segments = [r for r in rows if r.get("run") == "general-d16" and r["kind"] == "segment"]
     for r in (r for r in rows if r.get("run") == "general-d16" and r["kind"] == "evaluation"):

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from infinity.checkpoints import load_model
+from infinity.eval.tokenizers import reconstruct
 from infinity.images import fit, open_image, psnr, to_tensor
-from infinity.schedules import shapes_schedules, square_schedule
+from infinity.schedules import shapes_schedules
 from infinity.tokenizer import BitwiseTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +34,6 @@ MARGIN_DB, MARGIN_LEVELS, MARGIN_CHROMA = 1.5, 8.0, 0.1
 
 def _tokenizer(bits: int) -> BitwiseTokenizer:
     return load_model(ROOT / "assets" / "tokenizers" / f"general-d{bits}.safetensors")
-
-
-@torch.no_grad()
-def _reconstruct(tok: BitwiseTokenizer, x: torch.Tensor) -> torch.Tensor:
-    scales = square_schedule(x.shape[-1], tok.config.patch_size).scales
-    return tok.decode(tok.encode_scales(x, scales).quantized).clamp(-1, 1)
 
 
 def _photos() -> torch.Tensor:
@@ -84,7 +79,7 @@ def test_general_tokenizer_loads_offline_and_encodes_deterministically(bits):
 @pytest.mark.parametrize("bits", [8, 16, 32])
 def test_shipped_tokenizer_keeps_its_quality_and_colours_and_a_broken_decoder_fails(bits):
     x = _photos()
-    recon = _reconstruct(_tokenizer(bits), x)
+    recon = reconstruct(_tokenizer(bits), x)
     q = quality(recon, x)
     assert _passes(q, bits), (q, MEASURED[bits])
     grey = recon.mean(1, keepdim=True)

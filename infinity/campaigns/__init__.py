@@ -1,4 +1,4 @@
-"""Training campaigns that add up across interrupted sessions (`python -m infinity.campaigns`).
+"""Training campaigns that add up across interrupted runs (`python -m infinity.campaigns`).
 
 A campaign is a fixed plan (the runs, their flags, the total steps of each cosine) trained in segments: each
 segment resumes its run from `runs/` when the folder survived, or from the shipped weights at the step the ledger

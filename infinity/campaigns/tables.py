@@ -122,9 +122,8 @@ TABLES = {"tokenizers": tokenizers_table, "embedded": embedded_table}
 def tokenizers_progress(root: str | Path = ".") -> str:
     """Per depth, the held-out PSNR at every scored step and the CPU seconds per segment: the curve so far."""
     rows = read_rows(ledger_path("tokenizers", root))
-    lines = ["| tokenizer | held-out PSNR at steps " + ", ".join(
-        str(step) for step in sorted({r["step"] for r in _evaluations(rows, "general-d16")})) + " | CPU s per 100 steps |",
-        "|---|---|---|"]
+    steps = ", ".join(str(step) for step in sorted({r["step"] for r in _evaluations(rows, "general-d16")}))
+    lines = [f"| tokenizer | held-out PSNR at steps {steps} | CPU s per 100 steps |", "|---|---|---|"]
     for run in ("general-d8", "general-d16", "general-d32"):
         scored = sorted((r["step"], r["psnr_db"]) for r in _evaluations(rows, run))
         segments = [r for r in rows if r.get("run") == run and r.get("kind") == "segment" and r.get("cpu_s")]

@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_model, save_model
-from ..eval.tokenizers import load_photos, pooled_psnr
-from ..images import psnr, to_tensor
-from ..schedules import square_schedule
+from ..eval.tokenizers import final_psnr, load_photos
 from .ledger import append_row, ledger_path, read_rows
 from .segment import command_line, run_segment
 
@@ -29,7 +27,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TokenizerPlan:
     bits: tuple[int, ...] = (8, 16, 32)
-    steps: int = 6000  # one cosine per depth, across sessions
+    steps: int = 6000  # one cosine per depth, across interrupted runs
     batch_size: int = 16
     low_res: str = "64:4800"  # SIZE:UNTIL: whole images at a 64 px short side for the first 80 % of the steps
     segment: int = 100  # steps per segment
@@ -80,17 +78,6 @@ def segment_args(plan: TokenizerPlan, bits: int, step: int, from_checkpoint: boo
     return args
 
 
-@torch.no_grad()
-def heldout_psnr(model, photos, size: int, batch_size: int = 16) -> tuple[float, float]:
-    """(mean, pooled) PSNR in dB of the final reconstruction (all scales) of the held-out photos."""
-    scales = square_schedule(size, model.config.patch_size).scales
-    final = []
-    for start in range(0, len(photos), batch_size):
-        x = torch.cat([to_tensor(img) for img in photos[start:start + batch_size]])
-        final += psnr(model.decode(model.encode_scales(x, scales).quantized), x).tolist()
-    return round(sum(final) / len(final), 3), pooled_psnr(final)
-
-
 def fp16_rounded(model):
     """The model as it ships: weights rounded to fp16, computed in fp32."""
     return copy.deepcopy(model).half().float()
@@ -123,8 +110,7 @@ class TokenizerCampaign:
                    for r in rows):
                 continue
             step = shipped_step(rows, name)
-            mean, pooled = heldout_psnr(load_model(self.plan.shipped_file(bits)).float(), self.photos(),
-                                        self.plan.eval_size)
+            mean, pooled = final_psnr(load_model(self.plan.shipped_file(bits)).float(), self.photos())
             append_row(self.ledger, {"run": name, "kind": "evaluation", "step": step, "weights": "shipped",
                                      "heldout": self.plan.heldout, "heldout_images": len(self.photos()),
                                      "psnr_db": mean, "psnr_pooled_db": pooled, "shipped": False,
@@ -161,14 +147,14 @@ class TokenizerCampaign:
         """Score the run's exported (EMA) weights as they would ship (fp16); ship them if they beat the shipped file."""
         plan, name = self.plan, self.plan.run_name(bits)
         model = load_model(plan.run_dir(bits) / "tokenizer.safetensors")
-        mean, pooled = heldout_psnr(fp16_rounded(model), self.photos(), plan.eval_size)
+        mean, pooled = final_psnr(fp16_rounded(model), self.photos())
         best = max((r["psnr_db"] for r in self.rows() if r.get("run") == name and r.get("kind") == "evaluation"
                     and r.get("heldout") == plan.heldout and (r.get("shipped") or r.get("weights") == "shipped")),
                    default=float("-inf"))
         ship = mean > best
         drift = {}
         if ship:  # what fp16 storage costs, for the weights that ship
-            drift["psnr_fp32_db"] = heldout_psnr(model, self.photos(), plan.eval_size)[0]
+            drift["psnr_fp32_db"] = final_psnr(model, self.photos())[0]
             save_model(copy.deepcopy(model).half(), plan.shipped_file(bits))
             logger.info("%s: shipped step %d (%.2f dB > %.2f dB)", name, step, mean, best)
         return append_row(self.ledger, {

@@ -191,6 +191,23 @@ def tokenizer_psnr_per_scale(tokenizer: BitwiseTokenizer, schedule: Schedule, ph
     return per_scale
 
 
+@torch.no_grad()
+def reconstruct(tokenizer: BitwiseTokenizer, x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Square images in [-1, 1] through every scale of their 1:1 schedule and decoded once, clamped to [-1, 1]."""
+    scales = square_schedule(x_B3HW.shape[-1], tokenizer.config.patch_size).scales
+    return tokenizer.decode(tokenizer.encode_scales(x_B3HW, scales).quantized).clamp(-1, 1)
+
+
+def final_psnr(tokenizer: BitwiseTokenizer, photos: Sequence[Image.Image], batch_size: int = 16) -> tuple[float, float]:
+    """(mean, pooled) PSNR in dB of the photos' final reconstructions: the one figure a training run is scored by,
+    without the per-scale decodes of `tokenizer_psnr_per_scale`."""
+    final: list[float] = []
+    for start in range(0, len(photos), batch_size):
+        x = _batch(photos[start:start + batch_size])
+        final += psnr(reconstruct(tokenizer, x), x).tolist()
+    return round(sum(final) / len(final), 3), pooled_psnr(final)
+
+
 def _shapes_dict(scores: Scores) -> dict[str, dict]:
     return {n: {"images": row["images"], "psnr_db": row["psnr_db"], "parser_agreement": row["accuracy"]}
             for n, row in scores.to_dict().items()}

@@ -5,7 +5,7 @@ every `checkpoint_every` steps an atomic checkpoint (model, optimizer, EMA, task
 `sample_every` steps the task's samples from the EMA model. `--resume` restarts from the checkpoint in the run
 folder and reaches exactly the state an uninterrupted run reaches.
 
-Runs that add up across interrupted sessions: `stop_at` ends this process at that step (checkpoint and exported
+Runs that add up across interruptions: `stop_at` ends this process at that step (checkpoint and exported
 weights written, the learning-rate horizon still `steps`), and `start_step` lets a run whose checkpoint was lost go
 on from exported weights (`--init-from`) at the step they were exported: the schedules continue where they were, and
 the fresh optimizer warms up again over `warmup_steps`.
