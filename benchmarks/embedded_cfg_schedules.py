@@ -1,5 +1,5 @@
 """Per-scale CFG schedules on the shipped embedded model, scored as the embedded campaign scores (JSON lines on stdout;
-benchmarks/results/embedded_cfg_schedules.json gathers them).  python benchmarks/embedded_cfg_schedules.py cfg1-early cfg1-first2 cfg-ramp"""
+benchmarks/results/embedded_cfg_schedules.json gathers them).  PYTHONPATH=. python benchmarks/embedded_cfg_schedules.py cfg1-early cfg1-first2 cfg-ramp"""
 import dataclasses, json, sys, time, torch
 torch.set_num_threads(1)
 from infinity import InfinityPipeline

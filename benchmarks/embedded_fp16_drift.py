@@ -1,5 +1,5 @@
 """The embedded model with fp32 weights against the same weights rounded to fp16: adherence, seed spread, tokenizer
-scores and image differences on the same scenes and seeds.  python benchmarks/embedded_fp16_drift.py"""
+scores and image differences on the same scenes and seeds.  PYTHONPATH=. python benchmarks/embedded_fp16_drift.py"""
 import copy, json, torch, numpy as np
 torch.set_num_threads(1)
 from infinity import InfinityPipeline

@@ -1,6 +1,6 @@
 """Progressive resolution against the model's own sizes throughout, from the same start, per CPU-second.
 
-    python benchmarks/tokenizer_recipe_ab.py --out benchmarks/results/tokenizer_recipe_ab.json
+    PYTHONPATH=. python benchmarks/tokenizer_recipe_ab.py --out benchmarks/results/tokenizer_recipe_ab.json
 
 Arm "own sizes": general-d16 as shipped before the campaign (git 986bcc3), trained with the campaign's flags and
 cosine but without `--low-res` (whole images at 128 px from the first step), in segments, each segment's EMA

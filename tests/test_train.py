@@ -648,3 +648,53 @@ def test_low_resolution_stages_train_on_whole_downscaled_images_first():
         _tokenizer_task(low_res=((6, 2),))
     with pytest.raises(ValueError, match="whole images"):
         _tokenizer_task(low_res=((16, 2),), crop_size=16)
+
+
+def test_coarse_steps_train_the_first_scales_of_the_same_objective(tiny_tokenizer_file):
+    from infinity.schedules import Schedule
+    from infinity.transformer import Infinity
+
+    full = TINY.schedules["1:1"]  # grids 1, 2, 4, 8
+    prefix = Schedule(full.scales[:3], full.patch_size, full.h_div_w)
+    torch.manual_seed(0)
+    model = Infinity(TINY.transformer).eval()
+    text_BTE, lens_B = torch.randn(2, 5, 384), torch.tensor([5, 3])
+    x_BLd = torch.randn(2, full.seq_len - 1, TINY.transformer.bits)
+    with torch.no_grad():
+        logits_full = model(text_BTE, lens_B, x_BLd, full)
+        logits_prefix = model(text_BTE, lens_B, x_BLd[:, :prefix.seq_len - 1], prefix)
+    # the causal mask and positions that do not depend on the last scale: a coarse step is the full loss's first terms
+    torch.testing.assert_close(logits_prefix, logits_full[:, :prefix.seq_len], atol=1e-5, rtol=1e-5)
+
+    seen = []
+
+    def recording(task):
+        forward = task.wrapped
+
+        def wrapped(text_BTE, lens_B, x_BLd, schedule, **kw):
+            seen.append((schedule.num_scales, x_BLd.shape[1] == schedule.seq_len - 1))
+            return forward(text_BTE, lens_B, x_BLd, schedule, **kw)
+        task.wrapped = wrapped
+
+    tasks = []
+    for share in (0.5, 0.5, 0.0):
+        task = _transformer_task(tiny_tokenizer_file)
+        task.loss_cfg = TransformerLoss(coarse_scales=3, coarse_share=share)
+        task.setup(CPU, task.model)
+        recording(task)
+        for step in range(12):
+            task.losses(step, CPU)
+        tasks.append(seen[-12:])
+    assert tasks[0] == tasks[1], "which steps are coarse depends on (seed, step) alone"
+    assert set(tasks[0]) == {(3, True), (4, True)}
+    assert set(tasks[2]) == {(4, True)}
+    task = _transformer_task(tiny_tokenizer_file)
+    task.loss_cfg = TransformerLoss(coarse_scales=3, coarse_share=1.0)
+    torch.manual_seed(0)
+    before, after = _one_step_lowers_loss(task)
+    assert after < before
+    # checkpoints written before coarse steps existed resume: without them the identity has no coarse fields
+    assert "coarse_share" not in _transformer_task(tiny_tokenizer_file).identity()["loss"]
+    assert task.identity()["loss"]["coarse_share"] == 1.0
+    with pytest.raises(ValueError, match="coarse"):
+        TransformerLoss(coarse_scales=1, coarse_share=0.5)

@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "image's border), so the few tokens that draw objects count (default: %(default)s)")
     t.add_argument("--object-count-weights", type=float, nargs=3, metavar=("ONE", "TWO", "THREE"),
                    help="shapes data: relative weights of scenes with 1, 2 and 3 objects (default: equal)")
+    t.add_argument("--coarse-share", type=float, default=0.0,
+                   help="the share of the steps that train only the first --coarse-scales scales, where objects "
+                        "are placed and coloured, at a fraction of a full step's cost (default: %(default)s)")
+    t.add_argument("--coarse-scales", type=int, default=5,
+                   help="the scales a coarse step trains (default: %(default)s)")
     t.add_argument("--sample-cfg", type=float, default=3.0, help="CFG of the sample grids (default: %(default)s)")
     t.add_argument("--depth", type=int, default=0,
                    help="transformer blocks (0: the recipe's); --init-from may then hold a shallower model of the "
@@ -206,6 +211,7 @@ def _task(args: argparse.Namespace, run: RunConfig):
         self_correction_strength=args.self_correction_strength, cond_dropout=args.cond_dropout,
         object_weight=args.object_weight, on_policy_share=args.on_policy_share, on_policy_cfg=args.on_policy_cfg,
         on_policy_tau=args.on_policy_tau, on_policy_given=args.on_policy_given,
+        coarse_scales=args.coarse_scales, coarse_share=args.coarse_share,
     )
     config = recipe.transformer_config(tokenizer.config, args.head, args.depth)
     return TransformerTask(config, tokenizer, args.tokenizer, recipe.text_encoder, recipe.schedules, loss,
