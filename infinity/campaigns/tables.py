@@ -120,13 +120,27 @@ TABLES = {"tokenizers": tokenizers_table, "embedded": embedded_table}
 
 
 def tokenizers_progress(root: str | Path = ".") -> str:
-    """Per depth, the held-out PSNR at every scored step and the CPU seconds per segment: the curve so far."""
+    """Per depth, the held-out PSNR at every scored step and the CPU seconds per segment: the curve so far, then
+    what one more core-hour buys at that cost."""
     rows = read_rows(ledger_path("tokenizers", root))
-    steps = ", ".join(str(step) for step in sorted({r["step"] for r in _evaluations(rows, "general-d16")}))
-    lines = [f"| tokenizer | held-out PSNR at steps {steps} | CPU s per 100 steps |", "|---|---|---|"]
-    for run in ("general-d8", "general-d16", "general-d32"):
-        scored = sorted((r["step"], r["psnr_db"]) for r in _evaluations(rows, run))
+    runs = ("general-d8", "general-d16", "general-d32")
+    scored = {run: {r["step"]: r["psnr_db"] for r in _evaluations(rows, run)} for run in runs}
+    lines = ["| step | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for step in sorted(set().union(*scored.values())):
+        lines.append(f"| {step} | " + " | ".join(f"{scored[run][step]:.2f} dB" if step in scored[run] else "-"
+                                                 for run in runs) + " |")
+    per_100 = []
+    for run in runs:
         segments = [r for r in rows if r.get("run") == run and r.get("kind") == "segment" and r.get("cpu_s")]
-        per_100 = sum(r["cpu_s"] for r in segments) / sum(r["step"] - r["step_from"] for r in segments) * 100
-        lines.append(f"| {run} | " + " -> ".join(f"{db:.2f}" for _, db in scored) + f" dB | {per_100:.0f} |")
+        per_100.append(sum(r["cpu_s"] for r in segments) / sum(r["step"] - r["step_from"] for r in segments) * 100)
+    lines.append("| CPU s per 100 steps | " + " | ".join(f"{c:.0f}" for c in per_100) + " |")
+    mean = sum(per_100) / len(per_100)
+    gains = []
+    for run in runs:
+        steps = sorted(scored[run])
+        if len(steps) >= 2:
+            gains.append(f"{run} {scored[run][steps[-1]] - scored[run][steps[-2]]:+.2f} dB "
+                         f"({steps[-2]} -> {steps[-1]})")
+    lines += ["", f"The last evaluation's gains: {', '.join(gains)}. At {mean:.0f} CPU seconds per 100 steps, one "
+              f"core-hour brings all three depths {3600 / mean / len(runs) * 100:,.0f} steps further."]
     return "\n".join(lines)

@@ -349,6 +349,65 @@ def tokenizer_recipe_ab(root: Path) -> str:
     return "\n".join(lines)
 
 
+def embedded_recipe_ab(root: Path) -> str:
+    """The embedded transformer's recipes from the same start, per CPU-second (benchmarks/embedded_recipe_ab.py)."""
+    ab = _load(root, RESULTS / "embedded_recipe_ab.json")
+    lines = ["| recipe | steps of 16 | CPU seconds | object-bit error, scales 3-5 (1 / 2 / 3 objects) | "
+             "last scale (1 / 2 / 3) | adherence (1 / 2 / 3) | open prompts over 8/255 |", "|---|---|---|---|---|---|---|"]
+
+    def row(name: str, steps: int, cpu_s: float, scores: dict) -> str:
+        forced = scores["teacher_forced_object_bit_error"]
+        return (f"| {name} | {steps} | {cpu_s:,.0f} | "
+                + " / ".join(f"{forced[n]['scales_3_to_5']:.3f}" for n in ("1", "2", "3")) + " | "
+                + " / ".join(f"{forced[n]['last_scale']:.3f}" for n in ("1", "2", "3")) + " | "
+                + " / ".join(f"{scores['adherence'][n]:.2f}" for n in ("1", "2", "3"))
+                + f" | {scores['prompts_over_spread_target']} of {scores['open_prompts']} |")
+
+    lines.append(row(f"start (step {ab['start_step']})", 0, 0, ab["start_scores"]))
+    for arm in ab["arms"]:
+        lines.append(row(arm["arm"], arm["step"] - ab["start_step"], arm["cpu_s"], arm))
+    return "\n".join(lines)
+
+
+def embedded_recipe_ab_verdict(root: Path) -> str:
+    """Which arm of the embedded recipe comparison did better on what, computed from its file."""
+    ab = _load(root, RESULTS / "embedded_recipe_ab.json")
+    base, other = ab["arms"][0], ab["arms"][1]
+
+    def per_cpu(arm: dict, n: str, key: str) -> float:  # improvement over the start per CPU-hour
+        start = ab["start_scores"]["teacher_forced_object_bit_error"][n][key]
+        return (start - arm["teacher_forced_object_bit_error"][n][key]) / arm["cpu_s"] * 3600
+
+    parts = []
+    for n in ("2", "3"):
+        for key, label in (("scales_3_to_5", "scales 3 to 5"), ("last_scale", "the last scale")):
+            a, b = per_cpu(base, n, key), per_cpu(other, n, key)
+            better = other["arm"] if b > a else base["arm"]
+            parts.append(f"{n} objects at {label}: {better} ({base['arm']} {a:+.4f}, {other['arm']} {b:+.4f})")
+    adherence = {arm["arm"]: arm["adherence_sum"] for arm in (base, other)}
+    best = max(adherence, key=adherence.get)
+    start = ab["start_scores"]["teacher_forced_object_bit_error"]
+    ratio = start["2"]["scales_3_to_5"] / start["1"]["scales_3_to_5"]
+    return (f"At the start, two objects have {ratio:.1f}x the object-bit error of one at scales 3 to 5. Error removed "
+            "per CPU-hour, by the arm that removed more (both figures in brackets): " + "; ".join(parts)
+            + ". Adherence summed over 1, 2 "
+            f"and 3 objects: " + ", ".join(f"{k} {v:.2f}" for k, v in adherence.items()) + f". Kept: the {best} "
+            "recipe, the one with the higher adherence.")
+
+
+def tokenizer_speck(root: Path) -> str:
+    """The decoders' own specks: what an all-zero latent decodes to (benchmarks/tokenizer_speck.py)."""
+    result = _load(root, RESULTS / "tokenizer_speck.json")
+    lines = ["| tokenizer | pixels > 32/255 off the median | farthest | at (row, col) | largest GroupNorm input / mean "
+             "| at (row, col) |", "|---|---|---|---|---|---|"]
+    for t in result["tokenizers"]:
+        peak = max(t["norms"], key=lambda n: n["peak_over_mean"])
+        lines.append(f"| {_tokenizer_name(t['tokenizer'])} | {t['output_pixels_over_32']} | "
+                     f"{t['output_max_deviation_0_255']:.0f}/255 | {t['output_at'][0]}, {t['output_at'][1]} | "
+                     f"{peak['peak_over_mean']:.0f}x ({peak['norm']}) | {peak['at'][0]}, {peak['at'][1]} |")
+    return "\n".join(lines)
+
+
 def embedded_cfg_schedules(root: Path) -> str:
     """Per-scale CFG schedules tried on the shipped model: adherence and seed spread of each."""
     runs = _load(root, RESULTS / "embedded_cfg_schedules.json")["runs"]
@@ -371,7 +430,8 @@ def tokenize_example(root: Path) -> str:
 
 
 GENERATORS: dict[str, Generator] = {
-    "tokenize-example": tokenize_example, "embedded-cfg-schedules": embedded_cfg_schedules, "tokenizer-recipe-ab": tokenizer_recipe_ab, "performance-summary": performance_summary,
+    "tokenize-example": tokenize_example, "embedded-cfg-schedules": embedded_cfg_schedules,
+    "embedded-recipe-ab": embedded_recipe_ab, "embedded-recipe-ab-verdict": embedded_recipe_ab_verdict, "tokenizer-speck": tokenizer_speck, "tokenizer-recipe-ab": tokenizer_recipe_ab, "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "tokenizer-codecs": tokenizer_codecs,
     "ledger-tokenizers": tokenizers_table, "ledger-tokenizers-progress": tokenizers_progress, "ledger-embedded": embedded_table,
