@@ -45,7 +45,14 @@ def test_the_claims_driver_runs_every_arm_and_seed_and_resumes(tmp_path, tokeniz
             m = r["metrics"]
             assert m["steps"] == 2 and 0 < m["nats_per_bit"] < 5 and 0 <= m["adherence"] <= 1 and r["seconds"] >= 0
             assert [(p["k"], p["p"]) for p in m["recovery"]] == [(2, 0.0), (2, 0.5)]
+            recall = m["attribute_recall_per_objects"]["1"]  # free generation, graded
+            assert set(recall) == {"position", "color", "shape", "size"} and all(0 <= v <= 1 for v in recall.values())
+            assert m["extra_objects_per_objects"]["1"] >= 0
     assert {r["metrics"]["bits"] for r in records if r["claim"] == "bits"} == {4, 8}
+    (tok,) = [r for r in records if r["claim"] == "tokenizer"]  # what the parser reads of the tokenizer's own scenes
+    assert tok["tokenizer"] == str(d8) and tok["metrics"]["pixels"] == [32, 32]
+    passed = tok["metrics"]["parser_pass"]
+    assert set(passed) == {"1", "2"} and all(0 <= v <= 1 for v in passed.values())
     assert [r["metrics"]["d"] for r in records if r["arm"] == "head-size"] == [4, 8, 12, 16, 20, 24, 32]
     table = (tmp_path / "docs" / "results.md").read_text()
     assert table == markdown(records)

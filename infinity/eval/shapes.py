@@ -48,11 +48,13 @@ class Scores:
     recall_sum: dict[int, dict[str, float]] = field(default_factory=dict)
     psnr_sum: dict[int, float] = field(default_factory=dict)
     extras_only: dict[int, int] = field(default_factory=dict)  # failed only because something extra was there
+    extra_sum: dict[int, int] = field(default_factory=dict)  # objects parsed beyond the scene's count
 
     def add(self, n: int, parsed: ParsedScene, scene: Scene, psnr_db: float | None = None) -> None:
         self.total[n] = self.total.get(n, 0) + 1
         self.passed[n] = self.passed.get(n, 0) + int(scene_matches(parsed, scene))
         self.extras_only[n] = self.extras_only.get(n, 0) + int(fails_only_by_extras(parsed, scene))
+        self.extra_sum[n] = self.extra_sum.get(n, 0) + max(0, len(parsed.objects) - len(scene.objects))
         sums = self.recall_sum.setdefault(n, dict.fromkeys(ATTRIBUTES, 0.0))
         for attribute, value in object_recall(parsed, scene).items():
             sums[attribute] += value

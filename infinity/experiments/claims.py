@@ -7,6 +7,10 @@
    several seeds, on one tokenizer of that d; plus how the index head's size grows with d.
 3. bits: tokenizers given on the command line, PSNR after every scale.
 
+Beside them, a record of the self-correction arms' tokenizer at the claims' size: the parser's pass rate on its
+clean reconstructions of the held-out scenes, per number of objects. Adherence can only be judged where the
+parser reads what the tokenizer itself rebuilds.
+
 Fairness: arms of one claim differ in the one thing compared. The model is built from the seed alone and its
 head is drawn last, so a bits arm and an index arm of one seed start from the same trunk; data, flips and
 condition dropout come from separate generators, so a seed's arms see the same images and the same dropped
@@ -34,7 +38,7 @@ import torch
 
 from ..checkpoints import load_model
 from ..eval.recovery import recovery_curve
-from ..eval.shapes import evaluate_pipeline, evaluation_scenes
+from ..eval.shapes import evaluate_pipeline, evaluate_tokenizer, evaluation_scenes
 from ..options import SamplingDefaults
 from ..text import TextEncoder
 from ..train.__main__ import main as train_cli
@@ -51,7 +55,7 @@ class ClaimsConfig:
     out: str = "runs/claims"  # arm folders (checkpoints, weights, scores)
     docs: str = "docs/claims"  # results.json, results.md, recovery.png
     recipe: str = "shapes-claims"
-    tokenizer: str = "assets/embedded/tokenizer.safetensors"  # the self-correction arms' tokenizer
+    tokenizer: str = "assets/self-correction/tokenizer.safetensors"  # the self-correction arms' (64 px)
     head_tokenizer: str | None = None  # the head arms' tokenizer (d = head_bits); None: trained here first
     head_bits: int = 8
     bits_tokenizers: tuple[str, ...] = ()  # the bit-depth claim's tokenizers (e.g. d = 8 / 16 / 32)
@@ -158,7 +162,8 @@ class Runner:
         path = folder / "scores.json"
         cfg = self.cfg.sc_cfg if arm.claim == "self-correction" else 1.0
         setup = {"count": list(self.cfg.eval_count), "recovery_scales": list(self.cfg.recovery_scales),
-                 "recovery_fractions": list(self.cfg.recovery_fractions), "cfg": cfg}
+                 "recovery_fractions": list(self.cfg.recovery_fractions), "cfg": cfg,
+                 "free_generation": ["adherence", "attribute_recall", "extra_objects"]}
         if path.is_file() and json.loads(path.read_text())["metrics"]["eval"] == setup:
             return json.loads(path.read_text())
         t0 = time.perf_counter()
@@ -166,11 +171,18 @@ class Runner:
         pipe = self._pipe(tokenizer, folder / "transformer.safetensors", cfg)
         recovery = recovery_curve(pipe, scenes, self.cfg.recovery_scales, self.cfg.recovery_fractions, cfg=1.0, tau=1.0)
         adherence = evaluate_pipeline(pipe, scenes, "1:1", seed=0, cfg=cfg, tau=1.0)
+        counts = sorted(adherence.total)
         done = json.loads((folder / "done.json").read_text())
         metrics = {
             **heldout_likelihood(pipe, scenes),
             "adherence": round(sum(adherence.passed.values()) / len(scenes), 4),
-            "adherence_per_objects": {str(n): round(adherence.accuracy(n), 4) for n in sorted(adherence.total)},
+            "adherence_per_objects": {str(n): round(adherence.accuracy(n), 4) for n in counts},
+            # graded: the share of wanted objects with something of the right attribute in their cell, and how
+            # many objects were drawn beyond those asked for (the parser's count minus the scene's, at least 0)
+            "attribute_recall_per_objects": {str(n): {a: round(v / adherence.total[n], 4)
+                                                      for a, v in adherence.recall_sum[n].items()} for n in counts},
+            "extra_objects_per_objects": {str(n): round(adherence.extra_sum[n] / adherence.total[n], 3)
+                                          for n in counts},
             "recovery": [p.to_dict() for p in recovery],
             "sampling": {"recovery": {"cfg": 1.0, "tau": 1.0}, "adherence": {"cfg": cfg, "tau": 1.0}},
             "steps": done["steps"], "scenes": len(scenes), "eval": setup,
@@ -192,6 +204,19 @@ class Runner:
             records.append({"claim": "bits", "arm": f"d{tokenizer.bits}", "seed": None, "tokenizer": path,
                             "metrics": metrics, "seconds": round(time.perf_counter() - t0, 1)})
         return records
+
+    def tokenizer_record(self) -> dict:
+        """The self-correction tokenizer's clean reconstructions of the held-out scenes at the claims' size."""
+        t0 = time.perf_counter()
+        scenes = evaluation_scenes({n + 1: c for n, c in enumerate(self.cfg.eval_count) if c > 0})
+        schedule = next(iter(RECIPES[self.cfg.recipe].schedules.values()))
+        with torch.no_grad():
+            scores = evaluate_tokenizer(load_model(self.cfg.tokenizer), schedule, scenes)
+        metrics = {"pixels": list(schedule.pixel_hw),
+                   "parser_pass": {str(n): round(scores.accuracy(n), 4) for n in sorted(scores.total)},
+                   "psnr_db": {str(n): round(scores.psnr_sum[n] / scores.total[n], 2) for n in sorted(scores.total)}}
+        return {"claim": "tokenizer", "arm": "self-correction tokenizer", "seed": None, "tokenizer": self.cfg.tokenizer,
+                "metrics": metrics, "seconds": round(time.perf_counter() - t0, 1)}
 
     def head_size_records(self) -> list[dict]:
         recipe = RECIPES[self.cfg.recipe]
@@ -253,6 +278,7 @@ def run_claims(cfg: ClaimsConfig, only: Sequence[str] = CLAIMS) -> list[dict]:
         folder = runner.train_arm(arm, tokenizer)
         records.append(runner.score_arm(arm, folder, tokenizer))
     records += runner.head_size_records()
+    records.append(runner.tokenizer_record())
     bits = runner.out / "bits-scores.json"
     if "bits" in only:
         runner.out.mkdir(parents=True, exist_ok=True)
