@@ -14,7 +14,6 @@ steps in four train only the first five scales: 121 of 521 tokens).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import torch
 
 from infinity.campaigns.embedded import EmbeddedPlan, scores_row
 from infinity.campaigns.segment import command_line, run_segment
-from infinity.checkpoints import load_model
+from infinity.checkpoints import fp16_rounded, load_model
 from infinity.eval.shapes import evaluation_scenes, teacher_forced_errors
 from infinity.pipeline import InfinityPipeline
 from infinity.precision import cpu_model
@@ -45,8 +44,7 @@ def forced_errors(pipe, counts: dict[int, int]) -> dict:
 
 def score(weights: Path, plan: EmbeddedPlan) -> dict:
     pipe = InfinityPipeline.from_pretrained(plan.folder, device="cpu", dtype=torch.float32, local_files_only=True)
-    shipping = copy.deepcopy(load_model(weights)).half()
-    pipe.transformer.load_state_dict({k: v.float() for k, v in shipping.state_dict().items()})
+    pipe.transformer.load_state_dict(fp16_rounded(load_model(weights)).state_dict())
     counts = {n + 1: c for n, c in enumerate(plan.counts)}
     return {**scores_row(pipe, plan), "teacher_forced_object_bit_error": forced_errors(pipe, counts)}
 

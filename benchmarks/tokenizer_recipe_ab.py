@@ -17,8 +17,8 @@ from pathlib import Path
 
 from infinity.campaigns.ledger import read_rows
 from infinity.campaigns.segment import command_line, run_segment
-from infinity.campaigns.tokenizers import TokenizerPlan, fp16_rounded
-from infinity.checkpoints import load_model
+from infinity.campaigns.tokenizers import TokenizerPlan
+from infinity.checkpoints import fp16_rounded, load_model
 from infinity.eval.tokenizers import final_psnr, load_photos
 
 START_COMMIT = "986bcc3"

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -346,6 +347,11 @@ def _kind_of(model: nn.Module) -> str:
         if isinstance(model, model_cls):
             return kind
     raise TypeError(f"cannot save a {type(model).__name__}: not one of {[c.__name__ for _, c in _KINDS.values()]}")
+
+
+def fp16_rounded(model: nn.Module) -> nn.Module:
+    """A copy of the model as a 16-bit file ships it: weights rounded to fp16, computed in fp32."""
+    return copy.deepcopy(model).half().float()
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:

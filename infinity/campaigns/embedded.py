@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import load_model, save_model
+from ..checkpoints import fp16_rounded, load_model, save_model
 from ..data.shapes import caption
 from ..eval.diversity import mean_pixel_difference, open_background_scenes
 from ..eval.shapes import evaluate_pipeline, evaluation_scenes, teacher_forced_errors
@@ -138,15 +138,14 @@ class EmbeddedCampaign:
 
     def evaluate_and_ship(self, step: int) -> dict:
         candidate = load_model(Path(self.plan.run) / "transformer.safetensors")
-        shipping = copy.deepcopy(candidate).half()
         pipe = self._pipe()
-        pipe.transformer.load_state_dict({k: v.float() for k, v in shipping.state_dict().items()})
+        pipe.transformer.load_state_dict(fp16_rounded(candidate).state_dict())
         row = scores_row(pipe, self.plan)
         best = max((r["adherence_sum"] for r in self.rows() if r.get("kind") == "evaluation"
                     and (r.get("shipped") or r.get("weights") == "shipped")), default=float("-inf"))
         ship = row["adherence_sum"] > best
         if ship:
-            save_model(shipping, Path(self.plan.folder) / "transformer.safetensors")
+            save_model(copy.deepcopy(candidate).half(), Path(self.plan.folder) / "transformer.safetensors")
             logger.info("shipped step %d (adherence sum %.3f > %.3f)", step, row["adherence_sum"], best)
         return append_row(self.ledger, {"run": self.plan.name, "kind": "evaluation", "step": step,
                                         "weights": "fp16 of the run's EMA", "shipped": ship,

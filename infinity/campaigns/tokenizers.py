@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_model, save_model
+from ..checkpoints import fp16_rounded, load_model, save_model
 from ..eval.tokenizers import final_psnr, load_photos
 from .ledger import append_row, ledger_path, read_rows
 from .segment import command_line, run_segment
@@ -76,11 +76,6 @@ def segment_args(plan: TokenizerPlan, bits: int, step: int, from_checkpoint: boo
     if not from_checkpoint and step:
         args += ["--start-step", str(step)]
     return args
-
-
-def fp16_rounded(model):
-    """The model as it ships: weights rounded to fp16, computed in fp32."""
-    return copy.deepcopy(model).half().float()
 
 
 class TokenizerCampaign:
