@@ -473,6 +473,29 @@ def tokenize_example(root: Path) -> str:
     return f"{first['psnr_db']:.1f} dB after scale {first['scale']}, {last['psnr_db']:.1f} after {last['scale']}"
 
 
+def claims_tokenizer_curve(root: Path) -> str:
+    """The claims tokenizer's parser pass rate along its training, and what its one-object failures are
+    (benchmarks/claims_tokenizer_curve.py)."""
+    result = _load(root, RESULTS / "claims_tokenizer_curve.json")
+    lines = ["| tokenizer | parser, held-out 1 / 2 / 3 objects | PSNR, 1 object | parser, 200 training-stream objects "
+             "| their failures |", "|---|---|---|---|---|"]
+    for t in result["tokenizers"]:
+        passed = t["heldout_parser_pass"]
+        failures = ", ".join(f"{kind} {n}" for kind, n in t["train_one_object_failures"].items())
+        lines.append(f"| {t['label']} | {passed['1']:.2f} / {passed['2']:.2f} / {passed['3']:.2f} | "
+                     f"{t['heldout_psnr_db']['1']:.1f} dB | {t['train_one_object_pass']:.2f} | {failures} |")
+    best = max(result["tokenizers"], key=lambda t: t["heldout_parser_pass"]["1"])
+    fails = best["train_one_object_failures"]
+    shape = sum(n for kind, n in fails.items() if "shape" in kind)
+    met = "met" if best["heldout_parser_pass"]["1"] >= result["target_one_object"] else "not met"
+    lines.append("")
+    lines.append(f"The parser reads {result['parser_on_ground_truth']:.0%} of the ground-truth renders at "
+                 f"{result['pixels'][0]} px. Target, one held-out object read >= {result['target_one_object']}: "
+                 f"{met} (best: {best['heldout_parser_pass']['1']:.2f}, {best['label']}); {shape} of its "
+                 f"{sum(fails.values())} failures on the training-stream objects have a wrong shape.")
+    return "\n".join(lines)
+
+
 GENERATORS: dict[str, Generator] = {
     "tokenize-example": tokenize_example, "embedded-cfg-schedules": embedded_cfg_schedules,
     "embedded-recipe-ab": embedded_recipe_ab, "embedded-recipe-ab-verdict": embedded_recipe_ab_verdict,
@@ -484,4 +507,5 @@ GENERATORS: dict[str, Generator] = {
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
     "claims-summary": claims_summary, "claims-findings": claims_findings, "pair-tokenizer": pair_tokenizer,
     "embedded-tokenizer": embedded_tokenizer_one_object, "claims-cost": claims_cost,
+    "claims-tokenizer-curve": claims_tokenizer_curve,
 }
