@@ -138,3 +138,26 @@ def test_index_head_sizes_match_the_model_and_grow_as_two_to_the_d():
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["claims", "--tokenizer", str(tmp_path / "none.safetensors"), "--out", str(tmp_path)]) == 2
     assert "no tokenizer at" in capsys.readouterr().err
+
+
+def test_the_claims_tokenizer_curve_names_what_each_one_object_failure_got_wrong():
+    import importlib.util
+
+    from infinity.data.scene_parser import ParsedScene
+    from infinity.data.shapes import Scene, ShapeObject
+
+    spec = importlib.util.spec_from_file_location(
+        "curve", Path(__file__).resolve().parent.parent / "benchmarks" / "claims_tokenizer_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    want = ShapeObject("triangle", "red", "small", "at the top left")
+    scene = Scene((want,), "black", name_background=True)
+    other = ShapeObject("circle", "blue", "large", "in the center")
+    assert curve.failure(ParsedScene("black", (want,)), scene) is None
+    assert curve.failure(ParsedScene("black", (want, other)), scene) == "only extras"
+    assert curve.failure(ParsedScene("black", (other,)), scene) == "cell empty"
+    blob = ShapeObject("circle", "red", "small", "at the top left")
+    assert curve.failure(ParsedScene("black", (blob,)), scene) == "shape"
+    wrong = ShapeObject("square", "orange", "large", "at the top left")
+    assert curve.failure(ParsedScene("black", (wrong,)), scene) == "color+shape+size"
+    assert curve.failure(ParsedScene("white", (want,)), scene) == "background"
