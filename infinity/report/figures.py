@@ -460,6 +460,40 @@ def embedded_cfg_schedules(root: Path) -> str:
                      f"{r['prompts_over_spread_target']} of {r['open_prompts']} open prompts over 8/255" for r in runs)
 
 
+def embedded_first_scale(root: Path) -> str:
+    """Why seeds barely change an open background: the first scale's codes and the model's bits there
+    (benchmarks/embedded_first_scale.py)."""
+    r = _load(root, RESULTS / "embedded_first_scale.json")
+    codes, groups, prompts = r["first_scale_codes"], r["code_groups"], r["prompts"]
+    shared = "; ".join(f"{g.replace('/', ' and ')} share one code" for g in groups if "/" in g)
+    apart = ", ".join(f"{k.replace('-', ' and ')} {v}" for k, v in r["hamming"].items() if v)
+    p_off = statistics.mean(p["mean_p_distance_from_half"] for p in prompts)
+    complementary = len(groups) == 2 and all(v in (0, r["bits"]) for v in r["hamming"].values())
+    expected = abs(len(groups[0].split("/")) / len(codes) - 0.5)  # two complementary codes: p = a group's share
+    learned = (f" (a model that had learned the training shares would put them {expected:.2f} from 1/2: the two "
+               "codes are each other's complement)") if complementary else ""
+    hamming = statistics.mean(p["draws_hamming_to_nearest_code_mean"] for p in prompts)
+    exact = ", ".join(f"10^{max(p['log10_p_exact_code'][g] for p in prompts):.1f} for {g}" for g in groups)
+    free = r["free_backgrounds_pooled"]
+    shares = ", ".join(f"{name} {free.get(name, 0)}" for name in sorted(codes))
+    given = []
+    for g in groups:
+        outcome = {}
+        for p in prompts:
+            for name in g.split("/"):
+                for bg, n in p["given_first_code_backgrounds"][name].items():
+                    outcome[bg] = outcome.get(bg, 0) + n
+        given.append(f"the {g} code: " + ", ".join(f"{bg} {n}" for bg, n in sorted(outcome.items())))
+    seeds = r["given_code_images"] // (len(codes) * len(prompts))
+    return (f"The first scale is one token of {r['bits']} bits. The tokenizer's codes there for plain images: "
+            f"{shared + '; ' if shared else ''}bits apart: {apart}. For {len(prompts)} held-out prompts that leave the "
+            f"background open, the model's p(bit = 1) there lies on average {p_off:.2f} from 1/2{learned}; bits drawn "
+            f"independently from those p land {hamming:.1f} bits from the nearest code on average, and hit a code "
+            f"exactly with probability at most {exact}. Over {r['seeds']} seeds per prompt the parser reads {shares} "
+            f"of {sum(free.values())} backgrounds (training: equal shares). With the first scale given a background's "
+            f"true code ({seeds} seeds per prompt and background), the images come out: " + "; ".join(given) + ".")
+
+
 def embedded_fp16_drift(root: Path) -> str:
     drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
     return (f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of "
@@ -502,6 +536,7 @@ GENERATORS: dict[str, Generator] = {
     "tokenizer-speck": tokenizer_speck, "tokenizer-recipe-ab": tokenizer_recipe_ab,
     "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
+    "embedded-first-scale": embedded_first_scale,
     "tokenizer-codecs": tokenizer_codecs, "ledger-tokenizers": tokenizers_table,
     "ledger-tokenizers-progress": tokenizers_progress, "ledger-embedded": embedded_table,
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
