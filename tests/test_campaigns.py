@@ -31,13 +31,15 @@ def _photos(folder, n, seed):
 def plan(tmp_path):
     _photos(tmp_path / "train" / "a", 6, 0)
     _photos(tmp_path / "heldout" / "b", 3, 1)
+    _photos(tmp_path / "app", 1, 2)
     for bits in (8, 16):
         torch.manual_seed(bits)
         tok = BitwiseTokenizer(dataclasses.replace(TINY.tokenizer, bits=bits))
         save_model(tok.half(), tmp_path / "shipped" / f"d{bits}.safetensors")
     return TokenizerPlan(
         bits=(8, 16), steps=4, batch_size=2, low_res="16:2", segment=2, data=str(tmp_path / "train"),
-        heldout=str(tmp_path / "heldout"), eval_size=32, runs=str(tmp_path / "runs"),
+        heldout=str(tmp_path / "heldout"), eval_size=32, app_photo=str(tmp_path / "app" / "0.png"),
+        runs=str(tmp_path / "runs"),
         shipped=str(tmp_path / "shipped" / "d{bits}.safetensors"), start_images=10,
         flags=("--recipe", "shapes-tiny", "--lr", "1e-3", "--warmup-steps", "1", "--checkpoint-every", "1",
                "--no-progress"),
@@ -56,6 +58,7 @@ def test_campaign_trains_depths_in_turn_ships_only_better_weights_and_resumes_wi
     assert [(r["run"], r["step"]) for r in evaluations] == [
         ("general-d8", 0), ("general-d16", 0), ("general-d8", 2), ("general-d16", 2), ("general-d8", 4),
         ("general-d16", 4)]
+    assert all(r["app_photo"] == plan.app_photo and 0 < r["app_photo_psnr_db"] < 99 for r in evaluations)
     for run in ("general-d8", "general-d16"):  # shipped exactly when better than the best shipped so far
         best = float("-inf")
         for r in (r for r in evaluations if r["run"] == run):
@@ -86,6 +89,22 @@ def tokenizers_table_from(ledger):
     (root / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     shutil.copy(ledger, root / "benchmarks" / "results" / "ledger_tokenizers.jsonl")
     return tokenizers_table(root)
+
+
+@pytest.mark.parametrize("photo_db, verdict", [(19.95, "not met (best general-d32 19.95 dB"),
+                                                (20.2, "met (best general-d32 20.20 dB")])
+def test_tokenizer_targets_say_whether_the_app_photograph_reaches_20_db(tmp_path, photo_db, verdict):
+    ledger = tmp_path / "ledger.jsonl"
+    for step, with_photo in ((100, True), (200, False)):  # the photograph's last common step is 100
+        for bits, db in ((8, 21.0), (16, 22.1), (32, 22.7)):
+            append_row(ledger, {"run": f"general-d{bits}", "kind": "evaluation", "step": step, "weights": "fp16",
+                                "heldout": "h", "heldout_images": 3, "psnr_db": db, "psnr_pooled_db": db - 2,
+                                "shipped": True, "images_seen": 1,
+                                **({"app_photo": "p.png", "app_photo_psnr_db": photo_db - (32 - bits) / 100}
+                                   if with_photo else {})})
+    table = tokenizers_table_from(ledger)
+    assert "The app's photograph (`p.png`, held out) >= 20 dB before any flip, at step 100: " + verdict in table
+    assert "general-d8 19.71" in table or "general-d8 19.96" in table
 
 
 def test_ledger_rows_carry_the_machine_and_refuse_damage(tmp_path):

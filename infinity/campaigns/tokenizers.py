@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import fp16_rounded, load_model, save_model
-from ..eval.tokenizers import final_psnr, load_photos
+from ..eval.tokenizers import final_psnr, load_photos, photo_psnr
+from ..images import open_image
 from .ledger import append_row, ledger_path, read_rows
 from .segment import command_line, run_segment
 
@@ -34,6 +35,7 @@ class TokenizerPlan:
     data: str = "data/corpus/train"
     heldout: str = "data/corpus/heldout"
     eval_size: int = 128  # the model's own size (its 1:1 schedule)
+    app_photo: str = "assets/examples/coffee.png"  # the app's example photograph (its package is held out)
     runs: str = "runs/campaign-tokenizers"
     shipped: str = "assets/tokenizers/general-d{bits}.safetensors"
     start_images: int = 2400  # crops the shipped start had seen (300 steps of 8)
@@ -105,11 +107,17 @@ class TokenizerCampaign:
                    for r in rows):
                 continue
             step = shipped_step(rows, name)
-            mean, pooled = final_psnr(load_model(self.plan.shipped_file(bits)).float(), self.photos())
+            model = load_model(self.plan.shipped_file(bits)).float()
+            mean, pooled = final_psnr(model, self.photos())
             append_row(self.ledger, {"run": name, "kind": "evaluation", "step": step, "weights": "shipped",
                                      "heldout": self.plan.heldout, "heldout_images": len(self.photos()),
-                                     "psnr_db": mean, "psnr_pooled_db": pooled, "shipped": False,
-                                     "images_seen": self._images(step)})
+                                     "psnr_db": mean, "psnr_pooled_db": pooled, **self.app_photo(model),
+                                     "shipped": False, "images_seen": self._images(step)})
+
+    def app_photo(self, model) -> dict:
+        """The app's example photograph at the size the app gives it: what a visitor sees first."""
+        image = open_image(self.plan.app_photo)
+        return {"app_photo": self.plan.app_photo, "app_photo_psnr_db": photo_psnr(model, image)}
 
     def _images(self, step: int) -> int:
         return self.plan.start_images + step * self.plan.batch_size
@@ -155,7 +163,8 @@ class TokenizerCampaign:
         return append_row(self.ledger, {
             "run": name, "kind": "evaluation", "step": step, "weights": "fp16 of the run's EMA",
             "heldout": plan.heldout, "heldout_images": len(self.photos()), "psnr_db": mean,
-            "psnr_pooled_db": pooled, **drift, "shipped": ship, "images_seen": self._images(step),
+            "psnr_pooled_db": pooled, **self.app_photo(fp16_rounded(model)), **drift, "shipped": ship,
+            "images_seen": self._images(step),
             "cpu_s_total": self._cpu_total(name),
         })
 

@@ -36,7 +36,7 @@ from ..checkpoints import CheckpointError, load_model
 from ..data.scene_parser import parse_image
 from ..data.shapes import Scene, render
 from ..images import fit, open_image, psnr, to_tensor
-from ..schedules import Schedule, square_schedule
+from ..schedules import Schedule, nearest_schedule, shapes_schedules, square_schedule
 from ..tokenizer import BitwiseTokenizer
 from .shapes import Scores, evaluate_tokenizer, evaluation_scenes
 
@@ -189,6 +189,17 @@ def tokenizer_psnr_per_scale(tokenizer: BitwiseTokenizer, schedule: Schedule, ph
         for k, F_k in enumerate(codes.cumulative):
             per_scale[k] += psnr(tokenizer.decode(F_k), x).tolist()
     return per_scale
+
+
+@torch.no_grad()
+def photo_psnr(tokenizer: BitwiseTokenizer, image: Image.Image) -> float:
+    """Final PSNR (dB) of one image at the size the app and `python -m infinity tokenize` give it: the nearest in
+    shape of the tokenizer's shapes schedules (1:1, 3:2, 2:3)."""
+    schedules = shapes_schedules(tokenizer.config.patch_size)
+    schedule = schedules[nearest_schedule(schedules, image.height / image.width)]
+    x_13HW = to_tensor(fit(image.convert("RGB"), schedule.pixel_hw))
+    y_13HW = tokenizer.decode(tokenizer.encode_scales(x_13HW, schedule.scales).quantized)
+    return round(float(psnr(y_13HW, x_13HW)[0]), 3)
 
 
 @torch.no_grad()
