@@ -494,6 +494,26 @@ def embedded_first_scale(root: Path) -> str:
             f"true code ({seeds} seeds per prompt and background), the images come out: " + "; ".join(given) + ".")
 
 
+def embedded_anneal(root: Path) -> str:
+    """A decay branch of the embedded campaign against the campaign's row it started from."""
+    result = _load(root, RESULTS / "embedded_anneal.json")
+    rows = [json.loads(line) for line in (root / RESULTS / "ledger_embedded.jsonl").read_text().splitlines()]
+    start = next(r for r in rows if r.get("kind") == "evaluation" and r["step"] == result["start_step"]
+                 and r["weights"] != "shipped")
+    end = result["runs"][0]
+
+    def counts(r: dict, key: str, fmt: str) -> str:
+        return " / ".join(format(r[key][n], fmt) for n in ("1", "2", "3"))
+
+    forced = "teacher_forced_last_scale_object_bit_error"
+    return (f"{result['steps']} steps from the campaign's step-{result['start_step']} weights with the learning rate "
+            f"decayed to near zero ({result['trainer_wall_s'] / 60:.0f} min on one core): the teacher-forced "
+            f"last-scale object error for 1 / 2 / 3 objects went {counts(start, forced, '.3f')} -> "
+            f"{counts(end, forced, '.3f')}, adherence "
+            f"{counts(start, 'adherence', '.2f')} -> {counts(end, 'adherence', '.2f')}, open prompts over 8/255 "
+            f"{start['prompts_over_spread_target']} -> {end['prompts_over_spread_target']} of {end['open_prompts']}")
+
+
 def embedded_fp16_drift(root: Path) -> str:
     drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
     return (f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of "
@@ -536,7 +556,7 @@ GENERATORS: dict[str, Generator] = {
     "tokenizer-speck": tokenizer_speck, "tokenizer-recipe-ab": tokenizer_recipe_ab,
     "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
-    "embedded-first-scale": embedded_first_scale,
+    "embedded-first-scale": embedded_first_scale, "embedded-anneal": embedded_anneal,
     "tokenizer-codecs": tokenizer_codecs, "ledger-tokenizers": tokenizers_table,
     "ledger-tokenizers-progress": tokenizers_progress, "ledger-embedded": embedded_table,
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
