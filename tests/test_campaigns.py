@@ -152,6 +152,28 @@ def test_embedded_campaign_scores_each_segment_and_ships_only_a_better_model(tmp
     assert EmbeddedCampaign(plan, ledger).position() == ((shipped[-1] if shipped else 0), False)
 
 
+def test_embedded_table_carries_the_campaign_forward_at_its_fitted_rates(tmp_path):
+    from infinity.campaigns.tables import embedded_table
+
+    ledger = tmp_path / "root" / "benchmarks" / "results" / "ledger_embedded.jsonl"
+    scores = {"seed_spread_mean": 1.0, "prompts_over_spread_target": 1, "open_prompts": 6, "scenes": [3, 2, 2],
+              "seeds": 4, "shipped": False}
+    append_row(ledger, {"run": "embedded-transformer", "kind": "evaluation", "step": 0, "weights": "shipped",
+                        "adherence": {"1": 0.8, "2": 0.1, "3": 0.0},
+                        "teacher_forced_last_scale_object_bit_error": {"1": 0.2, "2": 0.3, "3": 0.4}, **scores})
+    for i in range(1, 5):  # one CPU-hour per segment; error -0.01 and adherence +0.05 per hour for one object
+        append_row(ledger, {"run": "embedded-transformer", "kind": "segment", "step_from": 100 * (i - 1),
+                            "step": 100 * i, "cpu_s": 3600.0})
+        append_row(ledger, {"run": "embedded-transformer", "kind": "evaluation", "step": 100 * i, "weights": "fp16",
+                            "adherence": {"1": 0.5 + 0.05 * i, "2": 0.0, "3": 0.0},
+                            "teacher_forced_last_scale_object_bit_error": {"1": 0.2 - 0.01 * i, "2": 0.3, "3": 0.4},
+                            **scores})
+    last = embedded_table(tmp_path / "root").splitlines()[-1]
+    assert "last 4 evaluations (steps 100 to 400, 3.00 CPU-hours apart" in last
+    assert "teacher-forced error -0.010 / +0.000 / +0.000 per CPU-hour, so 0.130 / 0.300 / 0.400 after 3 more" in last
+    assert "adherence +0.050 / +0.000 / +0.000 per CPU-hour, so 0.85 / 0.00 / 0.00 after 3 more" in last
+
+
 def test_the_gpu_script_parses_and_answers_bad_use_with_its_usage():
     import subprocess
     from pathlib import Path

@@ -127,8 +127,38 @@ def embedded_table(root: str | Path = ".") -> str:
         lines.append(f"Held-out scenes: {r['scenes'][0]} / {r['scenes'][1]} / {r['scenes'][2]} of 1 / 2 / 3 objects at "
                      f"the defaults; seed spread over {r['seeds']} seeds of {r['open_prompts']} prompts that leave the "
                      "background open; teacher-forced error: the share of the last scale's object-token bits "
-                     "wrong given the true earlier scales. " + _embedded_targets(shipped_embedded_evaluation(root)))
+                     "wrong given the true earlier scales. " + _embedded_targets(shipped_embedded_evaluation(root))
+                     + _embedded_trend(rows, evaluations))
     return "\n".join(lines)
+
+
+TREND_EVALUATIONS, TREND_HOURS = 10, 3.0  # the fit's last evaluations; the hours it is carried forward
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys on xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def _embedded_trend(rows: list[dict], evaluations: list[dict]) -> str:
+    """What TREND_HOURS more CPU-hours of the campaign would buy at the rates of its last evaluations (a straight
+    line fitted to each figure against the campaign's CPU-hours)."""
+    recent = [r for r in evaluations if r["weights"] != "shipped"][-TREND_EVALUATIONS:]
+    if len(recent) < 3:
+        return ""
+    hours = [_cpu_hours(rows, "embedded-transformer", r["step"]) for r in recent]
+    counts = ("1", "2", "3")
+    parts = []
+    for key, fmt, what in (("teacher_forced_last_scale_object_bit_error", "{:.3f}", "teacher-forced error"),
+                           ("adherence", "{:.2f}", "adherence")):
+        slopes = [_slope(hours, [r[key][n] for r in recent]) for n in counts]
+        later = [min(1.0, max(0.0, recent[-1][key][n] + TREND_HOURS * k)) for n, k in zip(counts, slopes)]
+        parts.append(f"{what} {' / '.join(f'{k:+.3f}' for k in slopes)} per CPU-hour, so "
+                     f"{' / '.join(fmt.format(v) for v in later)} after {TREND_HOURS:g} more")
+    return (f" At the rates of its last {len(recent)} evaluations (steps {recent[0]['step']} to {recent[-1]['step']}, "
+            f"{hours[-1] - hours[0]:.2f} CPU-hours apart; a straight line fitted to each figure, 1 / 2 / 3 objects): "
+            + "; ".join(parts) + ".")
 
 
 TABLES = {"tokenizers": tokenizers_table, "embedded": embedded_table}
