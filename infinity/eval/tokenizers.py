@@ -192,13 +192,18 @@ def tokenizer_psnr_per_scale(tokenizer: BitwiseTokenizer, schedule: Schedule, ph
 
 
 @torch.no_grad()
-def photo_psnr(tokenizer: BitwiseTokenizer, image: Image.Image) -> float:
-    """Final PSNR (dB) of one image at the size the app and `python -m infinity tokenize` give it: the nearest in
-    shape of the tokenizer's shapes schedules (1:1, 3:2, 2:3)."""
+def photo_reconstruction(tokenizer: BitwiseTokenizer, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, reconstruction), each (1, 3, H, W) in [-1, 1], of one image at the size the app and `python -m
+    infinity tokenize` give it: the nearest in shape of the tokenizer's shapes schedules (1:1, 3:2, 2:3)."""
     schedules = shapes_schedules(tokenizer.config.patch_size)
     schedule = schedules[nearest_schedule(schedules, image.height / image.width)]
     x_13HW = to_tensor(fit(image.convert("RGB"), schedule.pixel_hw))
-    y_13HW = tokenizer.decode(tokenizer.encode_scales(x_13HW, schedule.scales).quantized)
+    return x_13HW, tokenizer.decode(tokenizer.encode_scales(x_13HW, schedule.scales).quantized)
+
+
+def photo_psnr(tokenizer: BitwiseTokenizer, image: Image.Image) -> float:
+    """Final PSNR (dB) of one image at the app's size (`photo_reconstruction`)."""
+    x_13HW, y_13HW = photo_reconstruction(tokenizer, image)
     return round(float(psnr(y_13HW, x_13HW)[0]), 3)
 
 

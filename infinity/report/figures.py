@@ -452,6 +452,30 @@ def tokenizer_speck(root: Path) -> str:
     return "\n".join(lines)
 
 
+def tokenizer_colours(root: Path) -> str:
+    """Each tokenizer's colour difference on the app's examples' coloured regions (benchmarks/tokenizer_colours.py)."""
+    result = _load(root, RESULTS / "tokenizer_colours.json")
+    regions = list(dict.fromkeys(r["region"] for r in result["results"]))
+    rows = {}
+    for r in result["results"]:
+        rows.setdefault(r["tokenizer"], {})[r["region"]] = r
+
+    def rgb(c: list[float]) -> str:
+        return "(" + ", ".join(f"{v:.0f}" for v in c) + ")"
+
+    def cell(r: dict) -> str:
+        return (f"{r['delta_e76']:.1f} {'kept' if r['kept'] else '**not kept**'}: {rgb(r['input_rgb'])} -> "
+                f"{rgb(r['reconstruction_rgb'])}")
+
+    lines = ["| tokenizer | " + " | ".join(regions) + " |", "|---|" + "---|" * len(regions)]
+    lines += [f"| {name} | " + " | ".join(cell(by[region]) for region in regions) + " |" for name, by in rows.items()]
+    kept = {region: [name for name, by in rows.items() if by[region]["kept"]] for region in regions}
+    lines += ["", f"CIE76 colour difference of each region's mean colour, input -> reconstruction (RGB); kept: at most "
+              f"{result['kept_delta_e76']:g}. " + "; ".join(f"{region}: kept by {', '.join(names) or 'none'}"
+                                                              for region, names in kept.items()) + "."]
+    return "\n".join(lines)
+
+
 def embedded_cfg_schedules(root: Path) -> str:
     """Per-scale CFG schedules tried on the shipped model: adherence and seed spread of each."""
     runs = _load(root, RESULTS / "embedded_cfg_schedules.json")["runs"]
@@ -553,7 +577,8 @@ def claims_tokenizer_curve(root: Path) -> str:
 GENERATORS: dict[str, Generator] = {
     "tokenize-example": tokenize_example, "embedded-cfg-schedules": embedded_cfg_schedules,
     "embedded-recipe-ab": embedded_recipe_ab, "embedded-recipe-ab-verdict": embedded_recipe_ab_verdict,
-    "tokenizer-speck": tokenizer_speck, "tokenizer-recipe-ab": tokenizer_recipe_ab,
+    "tokenizer-speck": tokenizer_speck, "tokenizer-colours": tokenizer_colours,
+    "tokenizer-recipe-ab": tokenizer_recipe_ab,
     "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "embedded-first-scale": embedded_first_scale, "embedded-anneal": embedded_anneal,
