@@ -551,6 +551,26 @@ def tokenize_example(root: Path) -> str:
     return f"{first['psnr_db']:.1f} dB after scale {first['scale']}, {last['psnr_db']:.1f} after {last['scale']}"
 
 
+def claims_resolution(root: Path) -> str:
+    """The embedded tokenizer's parser pass rate at several claims resolutions (benchmarks/claims_resolution.py)."""
+    result = _load(root, RESULTS / "claims_resolution.json")
+    rows = result["rows"]
+    base = rows[0]
+    lines = ["| size | scales | tokens per image | parser, held-out 1 / 2 / 3 objects | PSNR, 1 object |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        passes = " / ".join(f"{r['parser_pass'][n]:.2f}" for n in ("1", "2", "3"))
+        lines.append(f"| {r['pixels']} px | {len(r['scales'])} | {r['tokens']} ({r['tokens'] / base['tokens']:.1f}x) "
+                     f"| {passes} | {r['psnr_db']['1']:.1f} dB |")
+    reached = [r for r in rows if r["parser_pass"]["1"] >= 0.9]
+    sizes = ", ".join(f"{r['pixels']} px" for r in reached)
+    lines.append("")
+    lines.append(f"The one-object target (>= 0.9) is reached by this tokenizer as it is at {sizes}, with "
+                 f"{reached[0]['tokens'] / base['tokens']:.1f}x the tokens of the {base['pixels']} px arms."
+                 if reached else "The one-object target (>= 0.9) is reached at none of these sizes.")
+    return "\n".join(lines)
+
+
 def claims_tokenizer_curve(root: Path) -> str:
     """The claims tokenizer's parser pass rate along its training, and what its one-object failures are
     (benchmarks/claims_tokenizer_curve.py)."""
@@ -587,5 +607,5 @@ GENERATORS: dict[str, Generator] = {
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
     "claims-summary": claims_summary, "claims-findings": claims_findings, "pair-tokenizer": pair_tokenizer,
     "embedded-tokenizer": embedded_tokenizer_one_object, "claims-cost": claims_cost,
-    "claims-tokenizer-curve": claims_tokenizer_curve,
+    "claims-tokenizer-curve": claims_tokenizer_curve, "claims-resolution": claims_resolution,
 }
