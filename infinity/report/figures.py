@@ -538,6 +538,33 @@ def embedded_anneal(root: Path) -> str:
             f"{start['prompts_over_spread_target']} -> {end['prompts_over_spread_target']} of {end['open_prompts']}")
 
 
+def embedded_tokenizer_scales(root: Path) -> str:
+    """What F_k of the embedded tokenizer shows of a scene after each scale, against the image averaged to that
+    scale's grid (benchmarks/embedded_tokenizer_scales.py)."""
+    result = _load(root, RESULTS / "embedded_tokenizer_scales.json")
+    counts = ("1", "2", "3")
+
+    def per_count(values: dict) -> str:
+        return " / ".join(f"{values[n]:.2f}" for n in counts)
+
+    lines = ["| scale (grid) | tokens so far | objects readable by colour, tokenizer (1 / 2 / 3 objects) "
+             "| the same, image averaged to the grid | parser: objects in their cell | parser pass rate |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['scale']} ({r['grid'][0]}x{r['grid'][1]}) | {r['tokens_so_far']} "
+                     f"| {per_count(r['colour_readable'])} | {per_count(r['colour_readable_grid_average'])} "
+                     f"| {per_count({n: r['scores'][n]['position'] for n in counts})} "
+                     f"| {per_count({n: r['scores'][n]['accuracy'] for n in counts})} |")
+    gaps = [statistics.mean(r["colour_readable"][n] - r["colour_readable_grid_average"][n] for n in counts)
+            for r in result["rows"]]
+    half = next(r for r in result["rows"] if min(r["colour_readable"].values()) >= 0.5)
+    lines += ["", f"Readable share, the tokenizer's decode minus the image averaged to the same grid (mean over the "
+              f"counts): from {min(gaps):+.2f} to {max(gaps):+.2f} across the scales. Half of the objects or more "
+              f"first show their colour at scale {half['scale']} ({half['grid'][0]}x{half['grid'][1]}), after "
+              f"{half['tokens_so_far']} of {result['rows'][-1]['tokens_so_far']} tokens."]
+    return "\n".join(lines)
+
+
 def embedded_fp16_drift(root: Path) -> str:
     drift = _load(root, RESULTS / "embedded_fp16_drift.json")["image_difference_fp16_vs_fp32"]
     return (f"{drift['mean_abs_0_255']:.3f}/255 on average (at most {drift['max_abs_mean_0_255']:.3f}/255 on one of "
@@ -602,6 +629,7 @@ GENERATORS: dict[str, Generator] = {
     "performance-summary": performance_summary,
     "performance-page": performance_page, "space-125m": space_125m, "embedded-fp16-drift": embedded_fp16_drift,
     "embedded-first-scale": embedded_first_scale, "embedded-anneal": embedded_anneal,
+    "embedded-tokenizer-scales": embedded_tokenizer_scales,
     "tokenizer-codecs": tokenizer_codecs, "ledger-tokenizers": tokenizers_table,
     "ledger-tokenizers-progress": tokenizers_progress, "ledger-embedded": embedded_table,
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
