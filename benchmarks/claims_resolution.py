@@ -11,6 +11,7 @@ import torch
 
 from infinity.eval.shapes import evaluate_tokenizer, evaluation_scenes
 from infinity.eval.tokenizers import load_tokenizer
+from infinity.precision import cpu_model
 from infinity.schedules import square_schedule
 
 ap = argparse.ArgumentParser()
@@ -30,7 +31,6 @@ for pixels in args.pixels:
                  "parser_pass": {n: s["accuracy"] for n, s in scores.items()},
                  "psnr_db": {n: s["psnr_db"] for n, s in scores.items()}, "scores": scores})
     print(json.dumps(rows[-1]), flush=True)
-cpu = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")][0]
 json.dump({"what": __doc__.split("\n    PYTHONPATH")[0], "tokenizer": args.tokenizer,
-           "heldout_scenes": [31, 50, 50], "cpu": cpu, "load_average": [round(v, 2) for v in os.getloadavg()],
+           "heldout_scenes": [31, 50, 50], "cpu": cpu_model(), "load_average": [round(v, 2) for v in os.getloadavg()],
            "rows": rows}, open(args.out, "w"), indent=1)

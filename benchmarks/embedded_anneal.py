@@ -13,6 +13,7 @@ import torch
 from infinity import InfinityPipeline
 from infinity.campaigns.embedded import EmbeddedPlan, scores_row
 from infinity.checkpoints import fp16_rounded, load_model
+from infinity.precision import cpu_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", required=True)
@@ -29,6 +30,5 @@ for item in args.candidate:
     row = {"label": label, "transformer": path, **scores_row(pipe, EmbeddedPlan()), "seconds": round(time.time() - t)}
     print(json.dumps(row), flush=True)
     runs.append(row)
-cpu = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")][0]
-json.dump({"what": args.what, "cpu": cpu, "load_average": [round(v, 2) for v in os.getloadavg()], "runs": runs},
+json.dump({"what": args.what, "cpu": cpu_model(), "load_average": [round(v, 2) for v in os.getloadavg()], "runs": runs},
           open(args.out, "w"), indent=1)

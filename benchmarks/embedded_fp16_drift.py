@@ -6,6 +6,7 @@ from infinity import InfinityPipeline
 from infinity.campaigns.embedded import EmbeddedPlan, scores_row
 from infinity.eval.shapes import evaluate_tokenizer, evaluation_scenes
 from infinity.data.shapes import caption
+from infinity.precision import cpu_model
 pipe = InfinityPipeline.from_pretrained(device="cpu", dtype=torch.float32)
 plan = EmbeddedPlan()
 sched = pipe.schedule("1:1")
@@ -24,7 +25,7 @@ out["image_difference_fp16_vs_fp32"] = {"prompts": 20, "mean_abs_0_255": round(f
                                         "max_abs_mean_0_255": round(float(np.max(diff)), 3)}
 out["what"] = "assets/embedded (transformer and tokenizer) with fp32 weights against the same weights rounded to fp16, computed in fp32; the same held-out scenes and seeds"
 import os
-out["cpu"] = [l.split(":",1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")][0]
+out["cpu"] = cpu_model()
 out["load_average"] = [round(v, 2) for v in os.getloadavg()]
 json.dump(out, open("benchmarks/results/embedded_fp16_drift.json", "w"), indent=1)
 print(json.dumps(out)[:1500])

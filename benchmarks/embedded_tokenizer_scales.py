@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from infinity.data.scene_parser import parse_image
-from infinity.data.shapes import BACKGROUNDS, COLORS, render
+from infinity.data.shapes import BACKGROUNDS, COLORS, DEFAULT_BACKGROUND, render
 from infinity.eval.shapes import Scores, evaluation_scenes, to_tensor_np, to_uint8
 from infinity.eval.tokenizers import load_tokenizer
 from infinity.images import psnr
+from infinity.precision import cpu_model
 from infinity.schedules import square_schedule
 
 PALETTE = {**COLORS, **BACKGROUNDS}
@@ -32,7 +33,7 @@ def readable(images: list[np.ndarray], scenes) -> dict[str, float]:
     for img, scene in zip(images, scenes):
         for o in scene.objects:
             alone = render(dataclasses.replace(scene, objects=(o,)), *img.shape[:2])
-            mask = (alone != np.array(BACKGROUNDS[scene.background or "black"])).any(-1)
+            mask = (alone != np.array(BACKGROUNDS[scene.background or DEFAULT_BACKGROUND])).any(-1)
             mean = img[mask].astype(np.float64).mean(0)
             hits.setdefault(str(len(scene.objects)), []).append(
                 names[int(np.linalg.norm(rgb_P3 - mean, axis=1).argmin())] == o.color)
@@ -62,7 +63,6 @@ with torch.no_grad():
                      "scores": scores.to_dict(), "colour_readable": readable(to_uint8(recon), scenes),
                      "colour_readable_grid_average": readable(to_uint8(coarse), scenes)})
         print(json.dumps(rows[-1]), flush=True)
-cpu = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")][0]
 json.dump({"what": __doc__.split("\n    PYTHONPATH")[0], "tokenizer": args.tokenizer, "heldout_scenes": [31, 50, 50],
-           "cpu": cpu, "load_average": [round(v, 2) for v in os.getloadavg()], "rows": rows},
+           "cpu": cpu_model(), "load_average": [round(v, 2) for v in os.getloadavg()], "rows": rows},
           open(args.out, "w"), indent=1)

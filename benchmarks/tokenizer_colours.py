@@ -15,6 +15,7 @@ from PIL import Image, ImageCms
 
 from infinity.eval.tokenizers import load_tokenizer, photo_reconstruction
 from infinity.images import open_image
+from infinity.precision import cpu_model
 
 KEPT_DELTA_E = 10.0
 TOKENIZERS = {"embedded (the model's own)": "assets/embedded/tokenizer.safetensors",
@@ -66,6 +67,5 @@ for label, path in TOKENIZERS.items():
                         "reconstruction_rgb": [round(float(c), 1) for c in rgb_out],
                         "delta_e76": round(delta_e, 2), "kept": delta_e <= KEPT_DELTA_E})
         print(json.dumps(results[-1]), flush=True)
-cpu = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")][0]
-json.dump({"what": __doc__.split("\n    PYTHONPATH")[0], "kept_delta_e76": KEPT_DELTA_E, "cpu": cpu,
+json.dump({"what": __doc__.split("\n    PYTHONPATH")[0], "kept_delta_e76": KEPT_DELTA_E, "cpu": cpu_model(),
            "load_average": [round(v, 2) for v in os.getloadavg()], "results": results}, open(args.out, "w"), indent=1)

@@ -1,6 +1,7 @@
 """Markdown tables built from the campaigns' ledgers (`python -m infinity.report` writes them into the pages)."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from .ledger import ledger_path, read_rows
@@ -135,12 +136,6 @@ def embedded_table(root: str | Path = ".") -> str:
 TREND_EVALUATIONS, TREND_HOURS = 10, 3.0  # the fit's last evaluations; the hours it is carried forward
 
 
-def _slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys on xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-
-
 def _embedded_trend(rows: list[dict], evaluations: list[dict]) -> str:
     """What TREND_HOURS more CPU-hours of the campaign would buy at the rates of its last evaluations (a straight
     line fitted to each figure against the campaign's CPU-hours)."""
@@ -152,7 +147,7 @@ def _embedded_trend(rows: list[dict], evaluations: list[dict]) -> str:
     parts = []
     for key, fmt, what in (("teacher_forced_last_scale_object_bit_error", "{:.3f}", "teacher-forced error"),
                            ("adherence", "{:.2f}", "adherence")):
-        slopes = [_slope(hours, [r[key][n] for r in recent]) for n in counts]
+        slopes = [statistics.linear_regression(hours, [r[key][n] for r in recent]).slope for n in counts]
         later = [min(1.0, max(0.0, recent[-1][key][n] + TREND_HOURS * k)) for n, k in zip(counts, slopes)]
         parts.append(f"{what} {' / '.join(f'{k:+.3f}' for k in slopes)} per CPU-hour, so "
                      f"{' / '.join(fmt.format(v) for v in later)} after {TREND_HOURS:g} more")
