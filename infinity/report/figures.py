@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..campaigns.ledger import ledger_path, read_rows
 from ..campaigns.tables import embedded_table, shipped_embedded_evaluation, tokenizers_progress, tokenizers_table
 from .blocks import Generator
 
@@ -521,7 +522,7 @@ def embedded_first_scale(root: Path) -> str:
 def embedded_anneal(root: Path) -> str:
     """A decay branch of the embedded campaign against the campaign's row it started from."""
     result = _load(root, RESULTS / "embedded_anneal.json")
-    rows = [json.loads(line) for line in (root / RESULTS / "ledger_embedded.jsonl").read_text().splitlines()]
+    rows = read_rows(ledger_path("embedded", root))
     start = next(r for r in rows if r.get("kind") == "evaluation" and r["step"] == result["start_step"]
                  and r["weights"] != "shipped")
     end = result["runs"][0]
