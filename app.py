@@ -50,7 +50,7 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
 
     from infinity.app.handlers import ALL_TOKENIZERS, AUTO, MAX_PAIR_SCENES, MAX_VARIATIONS, Handlers
     from infinity.app.pair import PAIR_DIR, PairSlot, pair_intro
-    from infinity.app.runtime import banner, gpu
+    from infinity.app.runtime import banner, gpu, measured
     from infinity.app.tokenizers import TokenizerShelf
     from infinity.app.vocabulary import can_draw
     from infinity.app.views import DIFFERENCE_FULL_SCALE, scale_labels
@@ -80,7 +80,8 @@ def build_demo(pipe, model: str | None = None, max_queue: int = 32, concurrency:
     with gr.Blocks(title="Infinity", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("## Infinity: bitwise visual autoregressive text-to-image ([arXiv 2412.04431]"
                     "(https://arxiv.org/abs/2412.04431))")
-        gr.Markdown(banner(pipe, model) + (f"  \n{can_draw()}" if h.shapes_model else ""), elem_id="banner")
+        about = [can_draw(), measured(model)] if h.shapes_model else []
+        gr.Markdown("  \n".join([banner(pipe, model), *filter(None, about)]), elem_id="banner")
         last = gr.State(None, time_to_live=1800)  # this session's last Generation (freed after 30 min)
 
         with gr.Tab("Generate", id="generate"):

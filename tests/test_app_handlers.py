@@ -272,9 +272,10 @@ def test_variations(handlers, record, app_pipe):
     updates = list(handlers.variations("last result", None, "auto", 2, 3, "", 5, False, record))
     sheet, status = updates[-1]
     assert len(updates) == 5 and status.startswith("Done: 3 variations of scales 3-4 with seeds 5-7")
+    assert "the images differ from one another by" in status  # measured on these three (views.spread)
     assert len({Image.open(s).size for s, _ in updates}) == 1  # laid out for every variation from the start
     *_, (sheet, status) = handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "a cube", 0, False, None)
-    assert "prompt 'a cube'" in status
+    assert "prompt 'a cube'" in status and "differ" not in status  # one variation: nothing to compare
     # an empty prompt is the last generated one, whatever the source (as the placeholder says)
     *_, (sheet, status) = handlers.variations("uploaded image", EXAMPLE, "auto", 1, 1, "", 0, False, record)
     assert f"prompt '{record.prompt}'" in status

@@ -1,4 +1,5 @@
 """The app's pure views, its input checks and the explorer's computations, without a server (tiny model, CPU)."""
+import json
 import math
 import types
 
@@ -8,7 +9,7 @@ import torch
 from app_helpers import bad_image_files
 from PIL import Image
 
-from infinity.app import explorer, inputs, sheets, views, vocabulary
+from infinity.app import explorer, inputs, runtime, sheets, views, vocabulary
 from infinity.app.tokenizers import model_codec
 from infinity.sampling import Intervention
 
@@ -148,6 +149,27 @@ def test_unknown_words_are_named_once_in_prompt_order():
     assert "'two', 'triangles'" in plural and vocabulary.SEVERAL_EXAMPLE in plural
     assert vocabulary.SEVERAL_EXAMPLE in vocabulary.can_draw()
     assert vocabulary.unknown_words(vocabulary.SEVERAL_EXAMPLE) == []  # the advice is itself a caption the model knows
+
+
+def _evaluation(step: int, shipped: bool, adherence: tuple[float, float, float], weights: str = "fp16") -> dict:
+    return {"run": "embedded-transformer", "kind": "evaluation", "step": step, "weights": weights, "shipped": shipped,
+            "adherence": dict(zip("123", adherence)), "scenes": [31, 20, 20], "open_prompts": 6,
+            "prompts_over_spread_target": 3}
+
+
+def test_the_banner_says_how_often_the_shipped_embedded_model_is_right(tmp_path):
+    line = vocabulary.how_often(_evaluation(0, False, (0.839, 0.05, 0.0)))
+    assert "one object in 26 of 31, two objects in 1 of 20, three objects in 0 of 20" in line
+    assert "3 of 6 prompts that leave the background open" in line
+    assert runtime.measured(None, tmp_path) == ""  # no ledger in this checkout: no line
+    ledger = tmp_path / "benchmarks" / "results" / "ledger_embedded.jsonl"
+    ledger.parent.mkdir(parents=True)
+    rows = [_evaluation(0, False, (0.839, 0.05, 0.0), weights="shipped"), _evaluation(100, True, (0.9, 0.6, 0.35)),
+            _evaluation(200, False, (0.1, 0.0, 0.0))]
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = runtime.measured(None, tmp_path)  # the last evaluation that shipped, not the latest one
+    assert "one object in 28 of 31, two objects in 12 of 20, three objects in 7 of 20" in line
+    assert runtime.measured("runs/some-folder", tmp_path) == ""  # another model: the ledger is not about it
 
 
 def test_shapes_models_are_told_by_their_examples(app_pipe):
@@ -333,3 +355,13 @@ def test_variations_keep_the_prefix(app_pipe):
     assert np.array_equal(np.asarray(images[0]), np.asarray(out.image))  # every scale kept: the same image
     images = list(explorer.variations(app_pipe, out.bits[:1], "a red cube", [5, 6]))
     assert len(images) == 2 and not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_the_spread_of_variations_is_measured_and_named():
+    black, gray = Image.new("RGB", (4, 4), (0, 0, 0)), Image.new("RGB", (4, 4), (30, 30, 30))
+    assert views.spread([black]) == ""  # one image: nothing to compare
+    alike = views.spread([black, black])
+    assert "by 0.0/255" in alike and "look alike" in alike
+    # pairs (black, gray) twice and (gray, gray) once: (30 + 30 + 0) / 3 = 20
+    apart = views.spread([black, gray, gray])
+    assert "by 20.0/255" in apart and "look alike" not in apart

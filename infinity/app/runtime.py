@@ -7,12 +7,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..campaigns.tables import shipped_embedded_evaluation
 from ..official import OFFICIAL_MODELS
 from ..pipeline import InfinityPipeline
+from .vocabulary import how_often
 
 logger = logging.getLogger(__name__)
 
 MODEL_ENV = "INFINITY_MODEL"  # the model to serve when --model is not given: a released name or a folder
+CHECKOUT = Path(__file__).resolve().parents[2]  # where benchmarks/results/ is, when the package runs from a clone
 
 
 def import_spaces() -> bool:
@@ -86,3 +89,14 @@ def banner(pipe: InfinityPipeline, model: str | None) -> str:
         f"Model **{title}**{source} on **{pipe.device_name}** ({dtype}) · "
         f"{resolution}{len(pipe.schedules)} aspect ratios, up to {W}x{H} px"
     )
+
+
+def measured(model: str | None, root: str | os.PathLike = CHECKOUT) -> str:
+    """For the embedded model (None), how often it draws what it is asked, from the evaluation of the shipped
+    weights in its training ledger under `root`; "" for any other model or without that ledger."""
+    if model is not None:
+        return ""
+    try:
+        return how_often(shipped_embedded_evaluation(root))
+    except ValueError:  # no ledger, or no evaluation in it
+        return ""

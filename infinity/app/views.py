@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..eval.diversity import VISIBLE_DIFFERENCE, mean_pixel_difference
+
 DISPLAY_MIN_SIDE = 256  # small images (our tiny models make 32 px ones) are enlarged to this, pixels kept square
 
 # Anchors of matplotlib's "inferno" (black -> purple -> orange -> pale yellow), linearly interpolated.
@@ -122,3 +124,13 @@ def series_colors(names: Sequence[str], order: Sequence[str]) -> dict[str, str]:
 def scale_labels(num_scales: int) -> list[str]:
     """The x values of `per_scale_table`, in plot order."""
     return [str(k + 1) for k in range(num_scales)]
+
+
+def spread(images: Sequence[Image.Image]) -> str:
+    """' · ' and how much images differ from one another (mean |a - b| over every pair, 0..255), saying when that
+    is under what counts as visibly different; "" for fewer than two images."""
+    if len(images) < 2:
+        return ""
+    d = mean_pixel_difference([np.asarray(img.convert("RGB")) for img in images])
+    alike = f" (under {VISIBLE_DIFFERENCE:g}/255: they look alike)" if d < VISIBLE_DIFFERENCE else ""
+    return f" · the images differ from one another by {d:.1f}/255 per pixel on average{alike}"

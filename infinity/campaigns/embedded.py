@@ -20,15 +20,12 @@ import torch
 
 from ..checkpoints import fp16_rounded, load_model, save_model
 from ..data.shapes import caption
-from ..eval.diversity import mean_pixel_difference, open_background_scenes
+from ..eval.diversity import VISIBLE_DIFFERENCE, mean_pixel_difference, open_background_scenes
 from ..eval.shapes import evaluate_pipeline, evaluation_scenes, teacher_forced_errors
 from .ledger import append_row, ledger_path, read_rows
 from .segment import command_line, run_segment
 
 logger = logging.getLogger(__name__)
-
-SEED_SPREAD_TARGET = 8.0  # mean |a - b| (0..255) between seeds of an open prompt, the target
-
 
 @dataclass(frozen=True)
 class EmbeddedPlan:
@@ -75,7 +72,7 @@ def scores_row(pipe, plan: EmbeddedPlan) -> dict:
             "failed_only_by_extras": extras_only,
             "teacher_forced_last_scale_object_bit_error": forced,
             "seed_spread": spread, "seed_spread_mean": round(float(np.mean(spread)), 2),
-            "prompts_over_spread_target": sum(v >= SEED_SPREAD_TARGET for v in spread),
+            "prompts_over_spread_target": sum(v >= VISIBLE_DIFFERENCE for v in spread),
             "scenes": list(plan.counts), "open_prompts": plan.open_prompts, "seeds": plan.seeds}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..eval.diversity import VISIBLE_DIFFERENCE
 from .ledger import ledger_path, read_rows
 
 
@@ -88,7 +89,7 @@ def shipped_embedded_evaluation(root: str | Path = ".") -> dict:
 
 
 ADHERENCE_TARGETS = {"1": 0.9, "2": 0.6, "3": 0.3}
-SPREAD_PROMPTS_TARGET = 5  # of 6 open prompts at >= SEED_SPREAD_TARGET
+SPREAD_PROMPTS_TARGET = 5  # of 6 open prompts at >= VISIBLE_DIFFERENCE
 
 
 def _embedded_targets(r: dict) -> str:
@@ -96,7 +97,8 @@ def _embedded_targets(r: dict) -> str:
     parts = [f"{n} object{'s' * (n != '1')} >= {t:g}: {'met' if r['adherence'][n] >= t else 'not met'} "
              f"({r['adherence'][n]:.2f})" for n, t in ADHERENCE_TARGETS.items()]
     spread_met = r["prompts_over_spread_target"] >= SPREAD_PROMPTS_TARGET
-    parts.append(f"seeds differing by >= 8/255 on >= {SPREAD_PROMPTS_TARGET} of {r['open_prompts']} open prompts: "
+    parts.append(f"seeds differing by >= {VISIBLE_DIFFERENCE:g}/255 on >= {SPREAD_PROMPTS_TARGET} of "
+                 f"{r['open_prompts']} open prompts: "
                  f"{'met' if spread_met else 'not met'} ({r['prompts_over_spread_target']})")
     return "Targets, for the shipped model: " + "; ".join(parts) + "."
 
@@ -109,7 +111,7 @@ def embedded_table(root: str | Path = ".") -> str:
     rows = read_rows(ledger_path("embedded", root))
     lines = ["| weights | step | campaign images | campaign CPU-hours | 1 object | 2 objects | 3 objects "
              "| failed only by extras, 1/2/3 | teacher-forced error, 1/2/3 | seed spread (mean, /255) "
-             "| open prompts >= 8/255 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| open prompts >= {VISIBLE_DIFFERENCE:g}/255 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     evaluations = _evaluations(rows, "embedded-transformer")
     for r in evaluations:
         what = ("shipped before the campaign" if r["weights"] == "shipped"

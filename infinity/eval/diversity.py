@@ -25,6 +25,10 @@ import numpy as np
 from ..data.scene_parser import parse_image
 from ..data.shapes import BACKGROUNDS, Scene, caption, held_out_scenes
 
+# Mean |a - b| (0..255) between two images from which they count as visibly different: the embedded model's
+# target for seeds of a prompt that leaves something open.
+VISIBLE_DIFFERENCE = 8.0
+
 
 @dataclass(frozen=True)
 class Diversity:

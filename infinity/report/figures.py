@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..campaigns.ledger import ledger_path, read_rows
 from ..campaigns.tables import embedded_table, shipped_embedded_evaluation, tokenizers_progress, tokenizers_table
+from ..eval.diversity import VISIBLE_DIFFERENCE
 from .blocks import Generator
 
 RESULTS = Path("benchmarks/results")
@@ -397,7 +398,7 @@ def embedded_recipe_ab(root: Path) -> str:
     """The embedded transformer's recipes from the same start, per CPU-second (benchmarks/embedded_recipe_ab.py)."""
     ab = _load(root, RESULTS / "embedded_recipe_ab.json")
     lines = ["| recipe | steps of 16 | CPU seconds | object-bit error, scales 3-5 (1 / 2 / 3 objects) | "
-             "last scale (1 / 2 / 3) | adherence (1 / 2 / 3) | open prompts over 8/255 |",
+             f"last scale (1 / 2 / 3) | adherence (1 / 2 / 3) | open prompts over {VISIBLE_DIFFERENCE:g}/255 |",
              "|---|---|---|---|---|---|---|"]
 
     def row(name: str, steps: int, cpu_s: float, scores: dict) -> str:
@@ -482,7 +483,8 @@ def embedded_cfg_schedules(root: Path) -> str:
     runs = _load(root, RESULTS / "embedded_cfg_schedules.json")["runs"]
     return "; ".join(f"cfg per scale {' / '.join(f'{c:g}' for c in r['defaults']['cfg_schedule'])}: adherence "
                      f"{r['adherence']['1']:.2f} / {r['adherence']['2']:.2f} / {r['adherence']['3']:.2f}, "
-                     f"{r['prompts_over_spread_target']} of {r['open_prompts']} open prompts over 8/255" for r in runs)
+                     f"{r['prompts_over_spread_target']} of {r['open_prompts']} open prompts over "
+                     f"{VISIBLE_DIFFERENCE:g}/255" for r in runs)
 
 
 def embedded_first_scale(root: Path) -> str:
@@ -535,7 +537,8 @@ def embedded_anneal(root: Path) -> str:
             f"decayed to near zero ({result['trainer_wall_s'] / 60:.0f} min on one core): the teacher-forced "
             f"last-scale object error for 1 / 2 / 3 objects went {counts(start, forced, '.3f')} -> "
             f"{counts(end, forced, '.3f')}, adherence "
-            f"{counts(start, 'adherence', '.2f')} -> {counts(end, 'adherence', '.2f')}, open prompts over 8/255 "
+            f"{counts(start, 'adherence', '.2f')} -> {counts(end, 'adherence', '.2f')}, open prompts over "
+            f"{VISIBLE_DIFFERENCE:g}/255 "
             f"{start['prompts_over_spread_target']} -> {end['prompts_over_spread_target']} of {end['open_prompts']}")
 
 
