@@ -43,7 +43,7 @@ from ..options import SamplingDefaults
 from ..text import TextEncoder
 from ..train.__main__ import main as train_cli
 from ..train.recipes import RECIPES
-from .measures import heldout_likelihood, index_head_sizes, tokenizer_psnr_per_scale
+from .measures import heldout_likelihood, index_head_sizes, tokenizer_on_scenes
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Runner:
         for path in self.cfg.bits_tokenizers:
             t0 = time.perf_counter()
             tokenizer = load_model(path)
-            metrics = tokenizer_psnr_per_scale(tokenizer, scenes, self.cfg.bits_pixels)
+            metrics = tokenizer_on_scenes(tokenizer, scenes, self.cfg.bits_pixels)
             records.append({"claim": "bits", "arm": f"d{tokenizer.bits}", "seed": None, "tokenizer": path,
                             "metrics": metrics, "seconds": round(time.perf_counter() - t0, 1)})
         return records

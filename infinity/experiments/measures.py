@@ -4,7 +4,7 @@
 - `heldout_likelihood`: teacher-forced loss of a transformer on held-out scenes, in nats per bit (the training
   loss's scale, the same for both heads: -log p(a token's d bits) / d), with clean histories and no guidance, and
   the share of bits its most likely token gets right. Sampling plays no part: the fairest head-to-head figure.
-- `tokenizer_psnr_per_scale`: PSNR after every scale (F_k decoded) and the scene parser's pass rate on the final
+- `tokenizer_on_scenes`: PSNR after every scale (F_k decoded) and the scene parser's pass rate on the final
   reconstruction, held-out scenes at 128 px on a schedule made for the tokenizer's patch size.
 - `index_head_sizes`: how the index-wise head's parameters and logits grow with d against the bitwise head's (the
   paper's argument for the bitwise classifier: 2^d against 2d outputs per token).
@@ -16,11 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..data.scene_parser import parse_image, scene_matches
 from ..data.shapes import Scene, caption, render
 from ..eval.shapes import to_tensor_np, to_uint8
-from ..images import psnr
+from ..eval.tokenizers import reconstruct, tokenizer_psnr_per_scale
+from ..images import to_tensor
 from ..schedules import square_schedule
 from ..tokenizer import BitwiseTokenizer
 from ..tokenizer.model import latent_scales
@@ -51,21 +53,19 @@ def heldout_likelihood(pipe, scenes: Sequence[Scene], batch_size: int = 16) -> d
     return {"nats_per_bit": round(nats / len(scenes), 5), "bit_accuracy": round(correct / len(scenes), 5)}
 
 
-@torch.no_grad()
-def tokenizer_psnr_per_scale(tokenizer: BitwiseTokenizer, scenes: Sequence[Scene], pixels: int = 128,
-                             batch_size: int = 16) -> dict:
-    """{"bits", "scales", "psnr_db_per_scale", "psnr_db", "parser_pass"} on the scenes at `pixels` px."""
+def tokenizer_on_scenes(tokenizer: BitwiseTokenizer, scenes: Sequence[Scene], pixels: int = 128,
+                        batch_size: int = 16) -> dict:
+    """{"bits", "scales", "psnr_db_per_scale", "psnr_db", "parser_pass"} on the scenes at `pixels` px: the
+    evaluator's per-scale PSNR (`infinity.eval.tokenizers`) on the rendered scenes, and the parser on the final
+    reconstructions."""
     schedule = square_schedule(pixels, tokenizer.config.patch_size)
-    per_scale, passes = np.zeros(schedule.num_scales), 0
+    renders = [Image.fromarray(render(sc, pixels, pixels)) for sc in scenes]
+    per_scale = np.array(tokenizer_psnr_per_scale(tokenizer, schedule, renders, batch_size)).mean(axis=1)
+    passes = 0
     for start in range(0, len(scenes), batch_size):
-        chunk = scenes[start:start + batch_size]
-        x = torch.cat([to_tensor_np(render(sc, pixels, pixels)) for sc in chunk])
-        codes = tokenizer.encode_scales(x, schedule.scales)
-        for k, F_BdHW in enumerate(codes.cumulative):
-            per_scale[k] += float(psnr(tokenizer.decode(F_BdHW), x).sum())
-        final = to_uint8(tokenizer.decode(codes.quantized))
-        passes += sum(scene_matches(parse_image(img), sc) for img, sc in zip(final, chunk))
-    per_scale /= len(scenes)
+        x = torch.cat([to_tensor(img) for img in renders[start:start + batch_size]])
+        final = to_uint8(reconstruct(tokenizer, x))
+        passes += sum(scene_matches(parse_image(img), sc) for img, sc in zip(final, scenes[start:start + batch_size]))
     return {"bits": tokenizer.bits, "scales": [list(g) for g in schedule.scales],
             "psnr_db_per_scale": per_scale.round(3).tolist(), "psnr_db": round(float(per_scale[-1]), 3),
             "parser_pass": round(passes / len(scenes), 4)}
