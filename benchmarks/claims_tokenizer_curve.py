@@ -1,14 +1,15 @@
-"""How far the claims' 64 px tokenizer is from the parser target, and what its failures are.
+"""How far the claims' tokenizer is from the parser target, and what its failures are.
 
     PYTHONPATH=. python benchmarks/claims_tokenizer_curve.py --out benchmarks/results/claims_tokenizer_curve.json \
         --tokenizer "embedded, trained at 128 px=assets/embedded/tokenizer.safetensors" \
         --tokenizer "64 px, step 1000 (shipped)=assets/self-correction/tokenizer.safetensors"
 
-Each tokenizer reconstructs scenes at the claims' size (64x64, its own five-scale schedule) and the scene parser
-reads the reconstructions: the held-out scenes of the claims (31 / 50 / 50 with 1 / 2 / 3 objects) and, for a
-firmer one-object rate, 200 one-object scenes of the training stream. For the one-object scenes that fail, the
-script counts which attribute the parser got wrong in the object's cell (or that the cell is empty, or that only
-an extra object spoils it). The parser on the ground-truth renders themselves is recorded too: it is the ceiling.
+Each tokenizer reconstructs scenes at the claims' size (the schedule of `--recipe`: 64x64 and five scales for
+shapes-claims, 96x96 and six for shapes-claims-96) and the scene parser reads the reconstructions: the held-out
+scenes of the claims (31 / 50 / 50 with 1 / 2 / 3 objects) and, for a firmer one-object rate, 200 one-object scenes
+of the training stream. For the one-object scenes that fail, the script counts which attribute the parser got wrong
+in the object's cell (or that the cell is empty, or that only an extra object spoils it). The parser on the ground-
+truth renders themselves is recorded too: it is the ceiling.
 """
 from __future__ import annotations
 
@@ -74,17 +75,19 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tokenizer", action="append", required=True, metavar="LABEL=PATH",
                         help="a tokenizer file with the label its row gets (repeat, in the order of the curve)")
+    parser.add_argument("--recipe", default=ClaimsConfig().recipe, choices=["shapes-claims", "shapes-claims-96"],
+                        help="the claims recipe whose size and schedule the scenes take (default: %(default)s)")
     args = parser.parse_args()
     pairs = [t.split("=", 1) for t in args.tokenizer]
     if any(len(p) != 2 or not p[0] or not Path(p[1]).is_file() for p in pairs):
         parser.error("each --tokenizer is LABEL=PATH with an existing file")
     torch.set_num_threads(1)
-    schedule = next(iter(RECIPES[ClaimsConfig().recipe].schedules.values()))
+    schedule = next(iter(RECIPES[args.recipe].schedules.values()))
     H, W = schedule.pixel_hw
     truth = evaluation_scenes({1: TRAIN_ONE_OBJECT}, split="train")
     ceiling = sum(scene_matches(parse_image(render(s, H, W)), s) for s in truth) / len(truth)
-    result = {"what": " ".join(__doc__.split("\n\n")[2].split()), "cpu": cpu_model(), "pixels": [H, W],
-              "heldout_scenes": list(HELDOUT), "train_one_object_scenes": TRAIN_ONE_OBJECT,
+    result = {"what": " ".join(__doc__.split("\n\n")[2].split()), "cpu": cpu_model(), "recipe": args.recipe,
+              "pixels": [H, W], "heldout_scenes": list(HELDOUT), "train_one_object_scenes": TRAIN_ONE_OBJECT,
               "parser_on_ground_truth": round(ceiling, 4), "target_one_object": 0.9,
               "tokenizers": [measure(label, path, schedule) for label, path in pairs]}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

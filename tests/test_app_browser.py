@@ -210,6 +210,7 @@ def test_unknown_words_are_named_and_seeds_change_the_image(page, embedded):
 
 def test_every_tab(page, embedded):
     generate(page, embedded, SEVERAL_EXAMPLE)  # two objects, as the banner says to ask for them
+    assert "Measured on held-out prompts" in page.inner_text("#banner")  # how often it gets them right, from its ledger
     screenshot(page, "generate", docs=True)
     assert_labels_legible(page, "#previews")
 
@@ -244,6 +245,7 @@ def test_every_tab(page, embedded):
     page.get_by_role("tab", name="Variations").click()
     page.locator("#variations").click()
     page.get_by_text("Done: 4 variations").wait_for()
+    page.get_by_text("the images differ from one another by").wait_for()
     screenshot(page, "variations", docs=True)
     no_console_errors(page)
 

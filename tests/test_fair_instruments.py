@@ -95,6 +95,16 @@ def test_recipe_bit_depth_comes_from_the_tokenizer_and_export_checks_the_rest():
         recipe.check("shapes-claims", tok8, recipe.transformer)
 
 
+def test_every_recipe_has_a_scale_embedding_for_each_of_its_scales():
+    for name, recipe in RECIPES.items():
+        assert recipe.transformer.max_scales >= max(s.num_scales for s in recipe.schedules.values()), name
+    # the claims at 96 px: the 64 px recipe's models, one scale more (12x12)
+    small, large = RECIPES["shapes-claims"], RECIPES["shapes-claims-96"]
+    assert large.tokenizer == small.tokenizer
+    assert dataclasses.replace(large.transformer, max_scales=5) == small.transformer
+    assert large.schedules["1:1"].scales == small.schedules["1:1"].scales + ((12, 12),)
+
+
 def test_an_index_head_model_exports_and_is_evaluated(tmp_path, tokenizer_file, capsys):
     from infinity.eval.__main__ import main as evaluate
     from infinity.train.__main__ import main as train_cli

@@ -27,6 +27,7 @@ from .segment import command_line, run_segment
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class EmbeddedPlan:
     steps: int = 12000

@@ -603,9 +603,17 @@ def claims_resolution(root: Path) -> str:
 
 
 def claims_tokenizer_curve(root: Path) -> str:
-    """The claims tokenizer's parser pass rate along its training, and what its one-object failures are
+    """The 64 px claims tokenizer's parser pass rate along its training, and what its one-object failures are
     (benchmarks/claims_tokenizer_curve.py)."""
-    result = _load(root, RESULTS / "claims_tokenizer_curve.json")
+    return _tokenizer_curve(_load(root, RESULTS / "claims_tokenizer_curve.json"))
+
+
+def claims_tokenizer_curve_96(root: Path) -> str:
+    """The same for a claims tokenizer at 96 px (`--recipe shapes-claims-96`)."""
+    return _tokenizer_curve(_load(root, RESULTS / "claims_tokenizer_curve_96.json"))
+
+
+def _tokenizer_curve(result: dict) -> str:
     lines = ["| tokenizer | parser, held-out 1 / 2 / 3 objects | PSNR, 1 object | parser, 200 training-stream objects "
              "| their failures |", "|---|---|---|---|---|"]
     for t in result["tokenizers"]:
@@ -639,5 +647,6 @@ GENERATORS: dict[str, Generator] = {
     "matmul-peak": matmul_peak, "weights-2b": weights_2b, "evaluation": evaluation,
     "claims-summary": claims_summary, "claims-findings": claims_findings, "pair-tokenizer": pair_tokenizer,
     "embedded-tokenizer": embedded_tokenizer_one_object, "claims-cost": claims_cost,
-    "claims-tokenizer-curve": claims_tokenizer_curve, "claims-resolution": claims_resolution,
+    "claims-tokenizer-curve": claims_tokenizer_curve, "claims-tokenizer-curve-96": claims_tokenizer_curve_96,
+    "claims-resolution": claims_resolution,
 }

@@ -56,6 +56,21 @@ def _shapes_tokenizer() -> TokenizerConfig:
     return TokenizerConfig(bits=16, base_channels=24, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1, patch_size=8)
 
 
+def _claims_recipe(pixels: int) -> Recipe:
+    """The claims in miniature at `pixels` x `pixels`: the embedded model's tokenizer architecture, a transformer
+    of 4 blocks of width 144 with one scale embedding per scale of the square schedule."""
+    schedule = square_schedule(pixels, SHAPES_PATCH)
+    return Recipe(
+        tokenizer=_shapes_tokenizer(),
+        transformer=TransformerConfig(
+            depth=4, width=144, num_heads=3, bits=16, text_channels=384, text_maxlen=32,
+            max_scales=schedule.num_scales, drop_path_rate=0.0,
+        ),
+        schedules={"1:1": schedule},
+        text_encoder="minilm",
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     # The embedded model: ~2 M tokenizer parameters (24-channel base), ~4 M transformer parameters, MiniLM text features (E=384).
     "shapes-small": Recipe(
@@ -71,15 +86,10 @@ RECIPES: dict[str, Recipe] = {
     # architecture (any d), 64x64 px square images only (an 8x8 latent, five scales, 121 tokens against the
     # embedded model's 7 scales and 3 aspect ratios up to 384 tokens) and a transformer of ~1.7 M parameters
     # (4 blocks of width 144), so that one arm trains in well under half an hour on two CPU cores.
-    "shapes-claims": Recipe(
-        tokenizer=_shapes_tokenizer(),
-        transformer=TransformerConfig(
-            depth=4, width=144, num_heads=3, bits=16, text_channels=384, text_maxlen=32, max_scales=5,
-            drop_path_rate=0.0,
-        ),
-        schedules={"1:1": square_schedule(64, SHAPES_PATCH)},
-        text_encoder="minilm",
-    ),
+    "shapes-claims": _claims_recipe(64),
+    # The same at 96x96 px (a 12x12 latent, six scales, 265 tokens): a small object covers more than one latent
+    # cell, so that the scene parser can read the tokenizer's reconstructions (at 64 px it reads about half).
+    "shapes-claims-96": _claims_recipe(96),
     # For tests: a few thousand parameters, 32 px images.
     "shapes-tiny": Recipe(
         tokenizer=TokenizerConfig(bits=8, base_channels=32, channel_multipliers=(1, 1, 1), num_res_blocks=1, patch_size=4),
