@@ -27,7 +27,7 @@ from ..images import fit, psnr, to_pil, to_tensor
 from ..pipeline import InfinityPipeline
 from ..sampling import Intervention
 from ..tokenizer.model import unpatchify_bits
-from . import explorer, inputs, pair, views, vocabulary
+from . import explorer, inputs, pair, vocabulary
 from .sheets import contact_sheet
 from .tokenizers import BEST, MODEL_OWN, Codec, TokenizerShelf
 from .views import (
@@ -38,6 +38,7 @@ from .views import (
     per_scale_table,
     residual_image,
     series_colors,
+    spread,
     token_entropy,
 )
 
@@ -405,7 +406,7 @@ class Handlers:
             yield sheet, f"{i + 1}/{count} variations · {time.perf_counter() - start:.1f} s{notice}"
         yield sheet, (f"Done: {count} variation{'s' if count > 1 else ''} of scales {keep + 1}-{K} with seeds "
                       f"{seeds[0]}-{seeds[-1]}, prompt '{prompt[:80]}' · {time.perf_counter() - start:.2f} s"
-                      f"{views.spread(tiles[1:])}{notice}")
+                      f"{spread(tiles[1:])}{notice}")
 
     @user_errors
     def upload_layout(self, image, aspect_ratio):
